@@ -1,0 +1,208 @@
+"""RetNet causal LM (torchscale and fla variants) with parallel, chunkwise and recurrent forms.
+
+Read next to "Retentive Network: A Successor to Transformer for Large Language Models" (Sun et
+al., 2023). Shapes: B batch, T tokens, D hidden, H heads, Dk/Dv per-head key/value dims, L layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine import retention
+from engine.config import ModelConfig
+from engine.rotary import inv_frequencies, rotate
+from engine.state import RetentionState
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    # retention math and norms never run below fp32
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.to(_acc_dtype(x.dtype))
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            out = out * self.weight.to(out.dtype)
+        return out
+
+
+class HeadNorm(nn.Module):
+    """Per-head norm of the retention output: RMSNorm (torchscale, fla) or GroupNorm (paper)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.kind, self.eps = config.head_norm, config.resolved_head_norm_eps
+        if self.kind == "rms":
+            self.rms = RMSNorm(config.head_v_dim, self.eps, config.head_norm_affine)
+        else:  # GroupNorm(num_heads, v_dim): affine over all channels
+            self.weight = nn.Parameter(torch.ones(config.v_dim))
+            self.bias = nn.Parameter(torch.zeros(config.v_dim))
+
+    def forward(self, o: Tensor) -> Tensor:  # o: [..., H, Dv] -> [..., H * Dv] in fp32
+        if self.kind == "rms":
+            return self.rms(o).flatten(-2)
+        o = o - o.mean(-1, keepdim=True)
+        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.eps)
+        return o.flatten(-2) * self.weight.to(o.dtype) + self.bias.to(o.dtype)
+
+
+class MultiScaleRetention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, config.qk_dim, bias=False)
+        self.k_proj = nn.Linear(d, config.qk_dim, bias=False)
+        self.v_proj = nn.Linear(d, config.v_dim, bias=False)
+        self.g_proj = nn.Linear(d, config.v_dim, bias=False)
+        self.o_proj = nn.Linear(config.v_dim, d, bias=False)
+        self.head_norm = HeadNorm(config)
+
+    def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: [B, T, D] -> q, k: [B, H, T, Dk], v: [B, H, T, Dv] in the accumulation dtype."""
+        c = self.config
+        acc = _acc_dtype(x.dtype)
+        b, t, _ = x.shape
+        freq = inv_frequencies(c.head_qk_dim, c.rotary, c.rope_theta, x.device, acc)
+        q = self.q_proj(x).view(b, t, c.num_heads, c.head_qk_dim)
+        k = self.k_proj(x).view(b, t, c.num_heads, c.head_qk_dim) * c.head_qk_dim**-0.5
+        q, k = rotate(q, positions, freq, c.rotary), rotate(k, positions, freq, c.rotary)
+        v = self.v_proj(x).view(b, t, c.num_heads, c.head_v_dim).to(acc)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _output(self, x: Tensor, o: Tensor) -> Tensor:
+        """o: [B, H, T, Dv] -> swish(g) * norm(o) -> o_proj: [B, T, D]."""
+        normed = self.head_norm(o.transpose(1, 2)).to(x.dtype)
+        return self.o_proj(F.silu(self.g_proj(x)) * normed)
+
+    def forward(self, x: Tensor, state: Tensor | None, start: Tensor, mode: str
+                ) -> tuple[Tensor, Tensor | None]:
+        """x: [B, T, D]; state: [B, H, Dk, Dv] or None; start: [B] position of x[:, 0]."""
+        c = self.config
+        positions = start[:, None] + torch.arange(x.shape[1], device=x.device)[None, :]
+        q, k, v = self._qkv(x, positions)
+        log_gamma = retention.log_decay(c.num_heads, x.device, q.dtype)
+        if mode == "parallel":
+            o = retention.parallel_retention(q, k, v, log_gamma, c.state_norm)
+            return self._output(x, o), None
+        if state is None:
+            state = q.new_zeros(x.shape[0], c.num_heads, c.head_qk_dim, c.head_v_dim)
+        state = state.to(q.dtype)
+        if mode == "chunkwise":
+            o, state = retention.chunkwise_retention(q, k, v, state, start, log_gamma,
+                                                     c.state_norm, c.chunk_size)
+        else:  # recurrent: one token per row
+            o, state = retention.recurrent_retention(q[:, :, 0], k[:, :, 0], v[:, :, 0], state,
+                                                     start, log_gamma, c.state_norm)
+            o = o.unsqueeze(2)
+        return self._output(x, o), state
+
+
+class FeedForward(nn.Module):
+    """GLU: down(act(gate(x)) * up(x)); torchscale fc1/gate/fc2 = our gate/up/down."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(config.ffn_dim, config.hidden_size, bias=False)
+        self.act = F.silu if config.ffn_activation == "swish" else F.gelu
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class RetNetBlock(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.attn = MultiScaleRetention(config)
+        self.ffn_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.ffn = FeedForward(config)
+
+    def forward(self, x: Tensor, state: Tensor | None, start: Tensor, mode: str
+                ) -> tuple[Tensor, Tensor | None]:
+        h, state = self.attn(self.attn_norm(x).to(x.dtype), state, start, mode)
+        x = x + h
+        return x + self.ffn(self.ffn_norm(x).to(x.dtype)), state
+
+
+class RetNet(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_norm = RMSNorm(config.hidden_size, config.norm_eps) if config.embed_norm \
+            else None
+        self.layers = nn.ModuleList(RetNetBlock(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.lm_head = None if config.tie_embeddings else \
+            nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def empty_state(self, batch_size: int) -> RetentionState:
+        return RetentionState.empty(self.config, batch_size, self.device, _acc_dtype(self.dtype))
+
+    def _embed(self, input_ids: Tensor) -> Tensor:
+        x = self.embed_tokens(input_ids)
+        if self.config.scale_embedding:
+            x = x * self.config.hidden_size**0.5
+        return x if self.embed_norm is None else self.embed_norm(x).to(x.dtype)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        x = self.norm(x).to(x.dtype)
+        return F.linear(x, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(x)
+
+    def _run(self, input_ids: Tensor, kv: Tensor | None, start: Tensor, mode: str
+             ) -> tuple[Tensor, list[Tensor | None]]:
+        x = self._embed(input_ids)
+        states = []
+        for i, layer in enumerate(self.layers):
+            x, s = layer(x, None if kv is None else kv[i], start, mode)
+            states.append(s)
+        return self._logits(x), states
+
+    def forward_parallel(self, input_ids: Tensor) -> Tensor:
+        """input_ids: [B, T] from position 0 -> logits [B, T, V]."""
+        start = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        return self._run(input_ids, None, start, "parallel")[0]
+
+    forward = forward_parallel
+
+    def prefill(self, input_ids: Tensor, state: RetentionState | None = None
+                ) -> tuple[Tensor, RetentionState]:
+        """Chunkwise form: input_ids [B, T] continuing `state` (rows may sit at different
+        positions) -> logits [B, T, V] and the state after the last token."""
+        state = state or self.empty_state(input_ids.shape[0])
+        logits, states = self._run(input_ids, state.kv, state.num_tokens, "chunkwise")
+        kv = torch.stack(states).to(state.kv.dtype)
+        return logits, RetentionState(kv, state.num_tokens + input_ids.shape[1])
+
+    def step(self, input_ids: Tensor, state: RetentionState) -> tuple[Tensor, RetentionState]:
+        """Recurrent form: one token per row, input_ids [B] -> logits [B, V], new state."""
+        new = state.clone()
+        return self.decode_step(input_ids, new.kv, new.num_tokens), new
+
+    def decode_step(self, input_ids: Tensor, kv: Tensor, positions: Tensor) -> Tensor:
+        """The batched decode kernel: updates kv [L, B, H, Dk, Dv] and positions [B] in place."""
+        logits, states = self._run(input_ids[:, None], kv, positions, "recurrent")
+        for i, s in enumerate(states):
+            kv[i].copy_(s)
+        positions += 1
+        return logits[:, 0]
