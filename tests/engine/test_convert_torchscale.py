@@ -1,6 +1,6 @@
 """torchscale 0.3.0 RetNet -> native: converted logits equal torchscale's own, refusals are clear.
 
-The reference is tests/engine/torchscale_reference.py, a transcription of torchscale 0.3.0 (the
+The reference is tests/engine/torchscale_reference.py, an independent reference of torchscale 0.3.0 (the
 real package needs timm -> torchvision, which doesn't install beside our torch).
 """
 

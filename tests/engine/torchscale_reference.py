@@ -1,23 +1,13 @@
-"""A line-by-line transcription of torchscale 0.3.0's RetNet decoder (inference paths only).
+"""An independent reference of torchscale 0.3.0's RetNetDecoder inference math (parallel and
+recurrent paths), written for these tests; parameter names match torchscale's state_dict so
+converted checkpoints can be compared.
 
-Reproduces the PyPI release torchscale==0.3.0 (microsoft/torchscale; wheel
-torchscale-0.3.0-py3-none-any.whl,
-sha256 b3bf4950cece4b84c5c20a8ce782ff52cf4234c10539a2638524dc087d389a73), files:
-  torchscale/architecture/config.py        RetNetConfig (defaults and their post-processing)
-  torchscale/architecture/retnet.py        RetNetRelPos, DecoderLayer, RetNetDecoder
-  torchscale/component/multiscale_retention.py   MultiScaleRetention (parallel + recurrent)
-  torchscale/component/gate_linear_unit.py GLU
-  torchscale/component/rms_norm.py         RMSNorm
-  torchscale/component/feedforward_network.py    get_activation_fn
-Copyright (c) 2022 Microsoft, MIT License.
-
-Why a transcription: importing the real package needs timm (-> PIL, torchvision) and fairscale
-only for DropPath / checkpoint_wrapper, which do nothing at inference, and torchvision does not
-install beside our torch. Left out: dropout/drop path (identity in eval), MoE, multiway,
-fairscale wrappers, chunkwise_recurrent (our converter maps weights, not forms). Module and
-attribute names are upstream's, so state_dict keys are exactly torchscale's. The arithmetic of
-the kept paths is unchanged, including the parallel form's extra row normalisation.
-Checked once against the real package (timm stubbed): identical outputs, identical keys.
+Why not the package itself: it imports timm (-> torchvision, which won't install beside our
+torch) and fairscale, only for training-time wrappers. Scope: eval mode (dropout and drop path
+are identities), pre-norm blocks; deepnorm, post-norm, MoE, multiway, the chunkwise form and a
+missing output layer raise. Weights are created in the same order torchscale creates them, so a
+seeded build starts from the same values. Notation: b batch, h heads, t tokens, dk = d / h key
+width per head, dv value width per head.
 """
 
 from __future__ import annotations
@@ -29,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# torchscale/architecture/config.py RetNetConfig.__init__ defaults
+# Keyword defaults of torchscale 0.3.0's RetNetConfig (facts about its API, kept as data).
 RETNET_CONFIG_DEFAULTS = dict(
     decoder_embed_dim=768, decoder_value_embed_dim=1280, decoder_retention_heads=3,
     decoder_ffn_embed_dim=1280, decoder_layers=12, decoder_normalize_before=True,
@@ -44,380 +34,183 @@ RETNET_CONFIG_DEFAULTS = dict(
     ddp_rank=0, xpos_rel_pos=False, xpos_scale_base=512,
 )
 
-
-def RetNetConfig(**kwargs) -> SimpleNamespace:
-    args = SimpleNamespace(**{**RETNET_CONFIG_DEFAULTS, **kwargs})
-    if args.deepnorm:
-        args.decoder_normalize_before = False
-        args.subln = False
-    if args.subln:
-        args.decoder_normalize_before = True
-        args.deepnorm = False
-    return args
+ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu, "relu": F.relu}
 
 
-def get_activation_fn(activation):
-    if activation == "relu":
-        return F.relu
-    elif activation == "gelu":
-        return F.gelu
-    elif activation == "swish":
-        return F.silu
-    else:
-        raise NotImplementedError
+def RetNetConfig(**overrides) -> SimpleNamespace:
+    """Defaults + overrides, then the config's norm rules: deepnorm switches pre-norm and subln
+    off, subln (on by default) forces pre-norm and switches deepnorm off."""
+    cfg = SimpleNamespace(**{**RETNET_CONFIG_DEFAULTS, **overrides})
+    if cfg.deepnorm:
+        cfg.decoder_normalize_before, cfg.subln = False, False
+    if cfg.subln:
+        cfg.decoder_normalize_before, cfg.deepnorm = True, False
+    return cfg
+
+
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x * rsqrt(mean(x^2) + eps) over the last dim, in fp32, returned in x's dtype."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine=True):
+    def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        if self.elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(dim))
-        else:
-            self.register_parameter("weight", None)
-
-    def _norm(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        output = self._norm(x.float()).type_as(x)
-        if self.weight is not None:
-            output = output * self.weight
-        return output
+        return rms_normalize(x, self.eps) * self.weight
 
 
-class GLU(nn.Module):
-    def __init__(self, embed_dim, ffn_dim, activation_fn, dropout, activation_dropout):
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each interleaved pair (x[2i], x[2i+1]) of the last dim by the angle whose cos/sin
+    sit (twice) at positions 2i, 2i+1 of `cos` / `sin`."""
+    a, b = x[..., 0::2], x[..., 1::2]
+    c, s = cos[..., 0::2], sin[..., 0::2]
+    return torch.stack((a * c - b * s, b * c + a * s), dim=-1).flatten(-2)
+
+
+class RelativePosition(nn.Module):
+    """Holds the two buffers torchscale stores: per-pair rotation frequencies (each repeated for
+    both members of a pair, length dk) and per-head log decay log(1 - 2^(-5-h))."""
+
+    def __init__(self, cfg):
         super().__init__()
-        self.embed_dim = embed_dim
-        self.activation_fn = get_activation_fn(activation=str(activation_fn))
-        self.fc1 = nn.Linear(self.embed_dim, ffn_dim, bias=False)
-        self.fc2 = nn.Linear(ffn_dim, self.embed_dim, bias=False)
-        self.gate = nn.Linear(self.embed_dim, ffn_dim, bias=False)
+        heads = cfg.decoder_retention_heads
+        freqs = 1.0 / 10000 ** torch.linspace(0, 1, cfg.decoder_embed_dim // heads // 2)
+        self.register_buffer("angle", freqs.repeat_interleave(2))
+        self.register_buffer("decay", torch.log(1 - 2 ** (-5 - torch.arange(heads).float())))
 
-    def forward(self, x):
-        x_shape = x.shape
-        x = x.reshape(-1, x.size(-1))
-        g = self.gate(x)
-        x = self.fc1(x)
-        x = self.activation_fn(x.float()).type_as(x) * g
-        x = self.fc2(x)
-        x = x.view(x_shape)
-        return x
+    def parallel(self, t: int):
+        """cos, sin (t, dk) and the decay matrix D (h, t, t): D[n, m] = gamma^(n-m) for m <= n,
+        else 0, each row then divided by the square root of its sum."""
+        pos = torch.arange(t).to(self.decay)
+        phase = pos[:, None] * self.angle[None, :]
+        d = torch.exp((pos[:, None] - pos[None, :]) * self.decay[:, None, None]).tril()
+        return phase.cos(), phase.sin(), d / d.sum(-1, keepdim=True).sqrt()
 
-
-def rotate_every_two(x):
-    x1 = x[:, :, :, ::2]
-    x2 = x[:, :, :, 1::2]
-    x = torch.stack((-x2, x1), dim=-1)
-    return x.flatten(-2)
+    def step(self, n: int):
+        """cos, sin (dk,) at position n, and the per-head decay gamma (h,)."""
+        phase = self.angle * n
+        return phase.cos(), phase.sin(), self.decay.exp()
 
 
-def theta_shift(x, sin, cos):
-    return (x * cos) + (rotate_every_two(x) * sin)
+def parallel_retention(q, k, v, d):
+    """(q k^T ⊙ D), rows divided by max(1, |row sum|), times v. q, k: (b,h,t,dk); v: (b,h,t,dv)."""
+    scores = (q @ k.transpose(-1, -2)) * d
+    scores = scores / scores.sum(-1, keepdim=True).abs().clamp(min=1)
+    return scores @ v
 
 
-class MultiScaleRetention(nn.Module):
-    def __init__(self, args, embed_dim, value_dim, num_heads, gate_fn="swish"):
+def recurrent_retention(q, k, v, gamma, state: dict):
+    """One token. q, k: (b,h,dk); v: (b,h,dv). The state holds S = sum of decayed v k^T, stored
+    (b,h,dv,dk), and a per-head running scale c: c' = c*gamma + 1,
+    S' = S*sqrt(c)*gamma/sqrt(c') + v k^T/sqrt(c'). Output: S q, (b,h,dv)."""
+    kv = v.unsqueeze(-1) * k.unsqueeze(-2)
+    if state:
+        c = state["scale"]
+        c_new = c * gamma + 1
+        kv = (state["kv"] * (c.sqrt() * gamma / c_new.sqrt())[:, None, None]
+              + kv / c_new.sqrt()[:, None, None])
+    else:
+        c_new = torch.ones_like(gamma)
+    state.update(kv=kv, scale=c_new)
+    return (kv * q.unsqueeze(-2)).sum(-1)
+
+
+class Retention(nn.Module):
+    def __init__(self, cfg):
         super().__init__()
-        self.args = args
-        self.embed_dim = embed_dim
-        self.value_dim = value_dim
-        self.num_heads = num_heads
-        self.head_dim = self.value_dim // num_heads
-        self.key_dim = self.embed_dim // num_heads
-        self.scaling = self.key_dim**-0.5
+        d, v = cfg.decoder_embed_dim, cfg.decoder_value_embed_dim
+        self.heads, self.eps = cfg.decoder_retention_heads, cfg.layernorm_eps
+        self.k_scale = (d // self.heads) ** -0.5
+        self.q_proj, self.k_proj = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.v_proj, self.g_proj = nn.Linear(d, v, bias=False), nn.Linear(d, v, bias=False)
+        self.out_proj = nn.Linear(v, d, bias=False)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.out_proj):
+            gain = 1.0 if proj is self.out_proj else 2**-2.5
+            nn.init.xavier_uniform_(proj.weight, gain=gain)
 
-        self.gate_fn = get_activation_fn(activation=str(gate_fn))
+    def forward(self, x, rel, state):
+        b, t, _ = x.shape
+        cos, sin, mix = rel
 
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=False)
-        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=False)
-        self.v_proj = nn.Linear(embed_dim, value_dim, bias=False)
-        self.g_proj = nn.Linear(embed_dim, value_dim, bias=False)
+        def heads(y):  # (b, t, h*w) -> (b, h, t, w)
+            return y.view(b, t, self.heads, -1).transpose(1, 2)
 
-        self.out_proj = nn.Linear(value_dim, embed_dim, bias=False)
-
-        self.group_norm = RMSNorm(self.head_dim, eps=args.layernorm_eps, elementwise_affine=False)
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        nn.init.xavier_uniform_(self.q_proj.weight, gain=2**-2.5)
-        nn.init.xavier_uniform_(self.k_proj.weight, gain=2**-2.5)
-        nn.init.xavier_uniform_(self.v_proj.weight, gain=2**-2.5)
-        nn.init.xavier_uniform_(self.g_proj.weight, gain=2**-2.5)
-        nn.init.xavier_uniform_(self.out_proj.weight)
-
-    def parallel_forward(self, qr, kr, v, mask):
-        bsz, tgt_len, embed_dim = v.size()
-
-        vr = v.view(bsz, tgt_len, self.num_heads, self.head_dim).transpose(1, 2)
-
-        qk_mat = qr @ kr.transpose(-1, -2)  # bsz * m * tgt_len * tgt_len
-        qk_mat = qk_mat * mask
-        # invariant after normalization
-        qk_mat = qk_mat / qk_mat.detach().sum(dim=-1, keepdim=True).abs().clamp(min=1)
-        output = torch.matmul(qk_mat, vr)
-        output = output.transpose(1, 2)
-        return output
-
-    def recurrent_forward(self, qr, kr, v, decay, incremental_state):
-        bsz = v.size(0)
-
-        v = v.view(bsz, self.num_heads, self.head_dim, 1)
-        kv = kr * v
-        if "prev_key_value" in incremental_state:
-            prev_kv = incremental_state["prev_key_value"]
-            prev_scale = incremental_state["scale"]
-            scale = prev_scale * decay + 1
-            kv = prev_kv * (prev_scale.sqrt() * decay / scale.sqrt()).view(
-                self.num_heads, 1, 1
-            ) + kv / scale.sqrt().view(self.num_heads, 1, 1)
+        q = rotate_pairs(heads(self.q_proj(x)), cos, sin)
+        k = rotate_pairs(heads(self.k_proj(x) * self.k_scale), cos, sin)
+        v = heads(self.v_proj(x))
+        if state is None:
+            out = parallel_retention(q, k, v, mix)
         else:
-            scale = torch.ones_like(decay)
-
-        incremental_state["prev_key_value"] = kv
-        incremental_state["scale"] = scale
-
-        output = torch.sum(qr * kv, dim=3)
-        return output
-
-    def forward(self, x, rel_pos, chunkwise_recurrent=False, incremental_state=None):
-        bsz, tgt_len, _ = x.size()
-        (sin, cos), inner_mask = rel_pos
-
-        q = self.q_proj(x)
-        k = self.k_proj(x)
-        v = self.v_proj(x)
-        g = self.g_proj(x)
-
-        k *= self.scaling
-        q = q.view(bsz, tgt_len, self.num_heads, self.key_dim).transpose(1, 2)
-        k = k.view(bsz, tgt_len, self.num_heads, self.key_dim).transpose(1, 2)
-
-        qr = theta_shift(q, sin, cos)
-        kr = theta_shift(k, sin, cos)
-
-        if incremental_state is not None:
-            output = self.recurrent_forward(qr, kr, v, inner_mask, incremental_state)
-        elif chunkwise_recurrent:
-            raise NotImplementedError("chunkwise form not transcribed")
-        else:
-            output = self.parallel_forward(qr, kr, v, inner_mask)
-
-        output = self.group_norm(output).reshape(bsz, tgt_len, self.head_dim * self.num_heads)
-
-        output = self.gate_fn(g) * output
-
-        output = self.out_proj(output)
-
-        return output
+            out = recurrent_retention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mix, state)[:, :, None]
+        out = rms_normalize(out, self.eps).transpose(1, 2).reshape(b, t, -1)
+        return self.out_proj(F.silu(self.g_proj(x)) * out)
 
 
-class RetNetRelPos(nn.Module):
-    def __init__(self, args):
+class Block(nn.Module):
+    def __init__(self, cfg):
         super().__init__()
-        angle = 1.0 / (10000 ** torch.linspace(
-            0, 1, args.decoder_embed_dim // args.decoder_retention_heads // 2))
-        angle = angle.unsqueeze(-1).repeat(1, 2).flatten()
-        decay = torch.log(
-            1 - 2 ** (-5 - torch.arange(args.decoder_retention_heads, dtype=torch.float))
-        )
-        self.register_buffer("angle", angle)
-        self.register_buffer("decay", decay)
-        self.recurrent_chunk_size = args.recurrent_chunk_size
+        d, f = cfg.decoder_embed_dim, cfg.decoder_ffn_embed_dim
+        self.act = ACTIVATIONS[cfg.activation_fn]
+        self.retention = Retention(cfg)
+        self.retention_layer_norm = RMSNorm(d, cfg.layernorm_eps)
+        self.ffn = nn.ModuleDict(dict(fc1=nn.Linear(d, f, bias=False),
+                                      fc2=nn.Linear(f, d, bias=False),
+                                      gate=nn.Linear(d, f, bias=False)))
+        self.final_layer_norm = RMSNorm(d, cfg.layernorm_eps)
 
-    def forward(self, slen, activate_recurrent=False, chunkwise_recurrent=False):
-        if activate_recurrent:
-            sin = torch.sin(self.angle * (slen - 1))
-            cos = torch.cos(self.angle * (slen - 1))
-            retention_rel_pos = ((sin, cos), self.decay.exp())
-        elif chunkwise_recurrent:
-            raise NotImplementedError("chunkwise form not transcribed")
-        else:
-            index = torch.arange(slen).to(self.decay)
-            sin = torch.sin(index[:, None] * self.angle[None, :])
-            cos = torch.cos(index[:, None] * self.angle[None, :])
-            mask = torch.tril(torch.ones(slen, slen).to(self.decay))
-            mask = torch.masked_fill(
-                index[:, None] - index[None, :], ~mask.bool(), float("inf")
-            )
-            mask = torch.exp(mask * self.decay[:, None, None])
-            mask = torch.nan_to_num(mask)
-            mask = mask / mask.sum(dim=-1, keepdim=True).sqrt()
-            retention_rel_pos = ((sin, cos), mask)
-
-        return retention_rel_pos
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, args, depth, is_moe_layer=False):
-        super().__init__()
-        assert not is_moe_layer, "MoE not transcribed"
-        self.args = args
-        self.embed_dim = args.decoder_embed_dim
-        self.retention = self.build_retention(self.embed_dim, args)
-        self.normalize_before = args.decoder_normalize_before
-        self.retention_layer_norm = RMSNorm(self.embed_dim, eps=args.layernorm_eps)
-        self.ffn_dim = args.decoder_ffn_embed_dim
-        self.ffn = self.build_ffn(self.embed_dim, self.args)
-        self.final_layer_norm = RMSNorm(self.embed_dim, eps=args.layernorm_eps)
-
-        if args.deepnorm:
-            self.alpha = math.pow(2.0 * args.decoder_layers, 0.25)
-        else:
-            self.alpha = 1.0
-
-    def build_ffn(self, embed_dim, args):
-        return GLU(embed_dim, self.ffn_dim, args.activation_fn, args.dropout,
-                   args.activation_dropout)
-
-    def build_retention(self, embed_dim, args):
-        return MultiScaleRetention(args, embed_dim, args.decoder_value_embed_dim,
-                                   args.decoder_retention_heads)
-
-    def residual_connection(self, x, residual):
-        return residual * self.alpha + x
-
-    def forward(self, x, incremental_state=None, chunkwise_recurrent=False,
-                retention_rel_pos=None):
-        residual = x
-        if self.normalize_before:
-            x = self.retention_layer_norm(x)
-
-        x = self.retention(x, incremental_state=incremental_state, rel_pos=retention_rel_pos,
-                           chunkwise_recurrent=chunkwise_recurrent)
-
-        x = self.residual_connection(x, residual)
-        if not self.normalize_before:
-            x = self.retention_layer_norm(x)
-
-        residual = x
-        if self.normalize_before:
-            x = self.final_layer_norm(x)
-        x = self.ffn(x)
-        l_aux = None
-
-        x = self.residual_connection(x, residual)
-        if not self.normalize_before:
-            x = self.final_layer_norm(x)
-
-        return x, l_aux
+    def forward(self, x, rel, state):
+        x = x + self.retention(self.retention_layer_norm(x), rel, state)
+        y = self.final_layer_norm(x)
+        hidden = self.ffn["fc1"](y)
+        hidden = self.act(hidden.float()).type_as(hidden) * self.ffn["gate"](y)
+        return x + self.ffn["fc2"](hidden)
 
 
 class RetNetDecoder(nn.Module):
-    def __init__(self, args, embed_tokens=None, output_projection=None, **kwargs):
-        super().__init__(**kwargs)
-        assert args.moe_freq == 0 and not args.multiway, "MoE / multiway not transcribed"
-        self.args = args
-        embed_dim = args.decoder_embed_dim
-        self.embed_dim = embed_dim
-        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(embed_dim)
-
+    def __init__(self, cfg, embed_tokens: nn.Embedding):
+        super().__init__()
+        refused = dict(deepnorm=cfg.deepnorm, post_norm=not cfg.decoder_normalize_before,
+                       moe=cfg.moe_freq > 0, multiway=cfg.multiway,
+                       chunkwise=cfg.chunkwise_recurrent,
+                       no_output_layer=cfg.no_output_layer or cfg.vocab_size <= 0)
+        if any(refused.values()):
+            names = [name for name, hit in refused.items() if hit]
+            raise NotImplementedError(f"outside this reference: {names}")
+        d = cfg.decoder_embed_dim
+        self.embed_scale = 1.0 if cfg.no_scale_embedding else math.sqrt(d)
         self.embed_tokens = embed_tokens
-
-        if output_projection is None and not args.no_output_layer and args.vocab_size > 0:
-            self.output_projection = self.build_output_projection(args)
+        self.output_projection = nn.Linear(d, cfg.vocab_size, bias=False)
+        if cfg.share_decoder_input_output_embed:
+            self.output_projection.weight = embed_tokens.weight
         else:
-            self.output_projection = output_projection
+            nn.init.normal_(self.output_projection.weight, mean=0.0, std=d**-0.5)
+        if cfg.layernorm_embedding:
+            self.layernorm_embedding = RMSNorm(d, cfg.layernorm_eps)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.decoder_layers))
+        self.layer_norm = RMSNorm(d, cfg.layernorm_eps)
+        self.retnet_rel_pos = RelativePosition(cfg)
 
-        if args.layernorm_embedding:
-            self.layernorm_embedding = RMSNorm(embed_dim, eps=args.layernorm_eps)
-        else:
-            self.layernorm_embedding = None
-
-        self.layers = nn.ModuleList([])
-        for i in range(args.decoder_layers):
-            self.layers.append(DecoderLayer(args, depth=i))
-
-        self.num_layers = len(self.layers)
-
-        if args.decoder_normalize_before:
-            self.layer_norm = RMSNorm(embed_dim, eps=args.layernorm_eps)
-        else:
-            self.layer_norm = None
-
-        self.retnet_rel_pos = RetNetRelPos(args)
-        self.chunkwise_recurrent = args.chunkwise_recurrent
-        self.recurrent_chunk_size = args.recurrent_chunk_size
-
-        if args.deepnorm:
-            init_scale = math.pow(8.0 * args.decoder_layers, 0.25)
-            for name, p in self.named_parameters():
-                if "fc1" in name or "fc2" in name or "out_proj" in name or "v_proj" in name:
-                    p.data.div_(init_scale)
-
-    def build_output_projection(self, args):
-        if args.share_decoder_input_output_embed:
-            output_projection = torch.nn.Linear(
-                self.embed_tokens.weight.shape[1], self.embed_tokens.weight.shape[0], bias=False
-            )
-            output_projection.weight = self.embed_tokens.weight
-        else:
-            output_projection = torch.nn.Linear(args.decoder_embed_dim, args.vocab_size,
-                                                bias=False)
-            torch.nn.init.normal_(output_projection.weight, mean=0,
-                                  std=args.decoder_embed_dim**-0.5)
-        return output_projection
-
-    def forward_embedding(self, tokens, token_embedding=None, incremental_state=None):
-        if incremental_state is not None and not self.is_first_step(incremental_state):
-            tokens = tokens[:, -1:]
-
-        if token_embedding is None:
-            token_embedding = self.embed_tokens(tokens)
-
-        x = embed = self.embed_scale * token_embedding
-
-        if self.layernorm_embedding is not None:
-            x = self.layernorm_embedding(x)
-
-        return x, embed
-
-    def is_first_step(self, incremental_state):
+    def forward(self, tokens, incremental_state: dict | None = None):
+        """Parallel form: logits (b, t, vocab) for every token. With `incremental_state` (a dict,
+        empty before the first token) it is fairseq-style incremental decoding: `tokens` is the
+        prefix so far, only its last token is run, at position t-1, through the recurrent form,
+        and (b, 1, vocab) comes back. Returns (logits, {"inner_states": [...]})."""
         if incremental_state is None:
-            return False
-        return incremental_state.get("is_first_step", False)
-
-    def forward(self, prev_output_tokens, incremental_state=None, features_only=False,
-                return_all_hiddens=False, token_embeddings=None, **kwargs):
-        x, _ = self.forward_embedding(prev_output_tokens, token_embeddings, incremental_state)
-        is_first_step = self.is_first_step(incremental_state)
-
-        if self.chunkwise_recurrent:
-            raise NotImplementedError("chunkwise form not transcribed")
-        slen = prev_output_tokens.size(1)
-        # relative position
-        retention_rel_pos = self.retnet_rel_pos(
-            slen, incremental_state is not None and not is_first_step,
-            chunkwise_recurrent=self.chunkwise_recurrent,
-        )
-        inner_states = [x]
-
-        for idx, layer in enumerate(self.layers):
-            if incremental_state is None or is_first_step:
-                if is_first_step and incremental_state is not None:
-                    if idx not in incremental_state:
-                        incremental_state[idx] = {}
-            else:
-                if idx not in incremental_state:
-                    incremental_state[idx] = {}
-
-            x, _ = layer(
-                x,
-                incremental_state[idx] if incremental_state is not None else None,
-                retention_rel_pos=retention_rel_pos,
-                chunkwise_recurrent=self.chunkwise_recurrent,
-            )
-            inner_states.append(x)
-
-        if self.layer_norm is not None:
-            x = self.layer_norm(x)
-
-        if not features_only:
-            x = self.output_layer(x)
-
-        return x, {"inner_states": inner_states, "attn": None}
-
-    def output_layer(self, features):
-        return self.output_projection(features)
+            rel, states = self.retnet_rel_pos.parallel(tokens.shape[1]), [None] * len(self.layers)
+        else:
+            rel = self.retnet_rel_pos.step(tokens.shape[1] - 1)
+            states = [incremental_state.setdefault(i, {}) for i in range(len(self.layers))]
+            tokens = tokens[:, -1:]
+        x = self.embed_tokens(tokens) * self.embed_scale
+        if hasattr(self, "layernorm_embedding"):
+            x = self.layernorm_embedding(x)
+        hidden = [x]
+        for layer, state in zip(self.layers, states, strict=True):
+            x = layer(x, rel, state)
+            hidden.append(x)
+        return self.output_projection(self.layer_norm(x)), {"inner_states": hidden}

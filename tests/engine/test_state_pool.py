@@ -1,0 +1,113 @@
+"""StatePool: a fixed buffer of slots; decoding rows stay dense; states survive every move."""
+
+import random
+
+import pytest
+import torch
+
+from engine.config import ModelConfig
+from engine.state import RetentionState
+from engine.state_pool import StatePool
+
+CONFIG = ModelConfig(vocab_size=300, hidden_size=64, num_layers=2, num_heads=2, qk_dim=64,
+                     v_dim=128, ffn_dim=128)
+
+
+def random_state(seed: int, num_tokens: int = 5) -> RetentionState:
+    g = torch.Generator().manual_seed(seed)
+    kv = torch.randn(2, 1, 2, 32, 64, generator=g)
+    return RetentionState(kv, torch.tensor([num_tokens]))
+
+
+def test_free_list_allocate_and_free():
+    pool = StatePool(CONFIG, num_slots=3)
+    slots = [pool.allocate() for _ in range(3)]
+    assert sorted(slots) == [0, 1, 2] and not pool.can_allocate()
+    pool.free(slots[1])
+    assert pool.can_allocate() and pool.num_free == 1
+    assert pool.allocate() == slots[1]
+
+
+def test_new_slot_holds_the_empty_state():
+    pool = StatePool(CONFIG, num_slots=2)
+    slot = pool.allocate()
+    pool.load(slot, random_state(0))
+    pool.free(slot)
+    slot = pool.allocate()
+    empty = pool.export(slot)
+    assert empty.kv.abs().sum() == 0 and empty.num_tokens.item() == 0
+
+
+def test_load_export_round_trip_bytes_and_tensors():
+    pool = StatePool(CONFIG, num_slots=2)
+    state = random_state(1, num_tokens=77)
+    a, b = pool.allocate(), pool.allocate()
+    pool.load(a, state)
+    pool.load_bytes(b, state.to_bytes(torch.bfloat16), 77, torch.bfloat16)
+    out_a, out_b = pool.export(a), pool.export(b)
+    assert torch.equal(out_a.kv, state.kv) and out_a.num_tokens.item() == 77
+    assert torch.equal(out_b.kv, state.kv.bfloat16().float()) and out_b.num_tokens.item() == 77
+    assert out_a.to_bytes() == state.to_bytes()
+    with pytest.raises(ValueError):
+        pool.load_bytes(a, b"\0" * 10, 1)
+    with pytest.raises(ValueError):
+        pool.load(a, RetentionState.stack([state, state]))
+
+
+def test_export_outlives_the_slot():
+    pool = StatePool(CONFIG, num_slots=1)
+    slot = pool.allocate()
+    pool.load(slot, random_state(2))
+    out = pool.export(slot)
+    pool.free(slot)
+    pool.allocate()
+    assert torch.equal(out.kv, random_state(2).kv)
+
+
+def test_decoding_slots_are_dense_rows_and_states_follow_their_slot():
+    rng = random.Random(0)
+    pool = StatePool(CONFIG, num_slots=12, num_padding_rows=3)
+    expected: dict[int, RetentionState] = {}
+    data_ptr, nbytes = pool.kv.data_ptr(), pool.nbytes
+    for i in range(400):
+        op = rng.random()
+        if op < 0.4 and pool.can_allocate():
+            slot = pool.allocate()
+            expected[slot] = random_state(i, num_tokens=i)
+            pool.load(slot, expected[slot])
+        elif op < 0.7 and expected:
+            pool.start_decoding(rng.choice(list(expected)))
+        elif expected:
+            slot = rng.choice(list(expected))
+            pool.free(slot)
+            del expected[slot]
+        n = pool.num_decoding
+        assert [pool.row(s) for s in pool.decoding_slots] == list(range(n))
+        live_rows = {pool.row(s) for s in expected}
+        assert len(live_rows) == len(expected)
+        assert not live_rows & set(range(n, n + 3))  # padding rows are always free
+        for slot, state in expected.items():
+            out = pool.export(slot)
+            assert torch.equal(out.kv, state.kv) and torch.equal(out.num_tokens, state.num_tokens)
+    assert pool.kv.data_ptr() == data_ptr and pool.nbytes == nbytes  # never reallocated
+
+
+def test_decode_batch_is_a_view_the_step_updates_in_place():
+    pool = StatePool(CONFIG, num_slots=4, num_padding_rows=1)
+    slots = [pool.allocate() for _ in range(2)]
+    for s in slots:
+        pool.load(s, random_state(s))
+        pool.start_decoding(s)
+    kv, positions = pool.decode_batch(3)  # 2 rows + 1 padding
+    assert kv.shape[1] == 3 and kv.data_ptr() == pool.kv.data_ptr()
+    kv.mul_(2)
+    positions += 1
+    assert torch.equal(pool.export(slots[0]).kv, random_state(slots[0]).kv * 2)
+    assert pool.export(slots[1]).num_tokens.item() == 6
+
+
+def test_nbytes_counts_the_whole_buffer():
+    pool = StatePool(CONFIG, num_slots=5, num_padding_rows=2)
+    row = StatePool.row_nbytes(CONFIG)
+    assert row == CONFIG.state_numel * 4
+    assert pool.nbytes == 7 * row + 7 * 8
