@@ -1,0 +1,73 @@
+"""Key scheme: every key lives under a per-tenant prefix derived from a hash of the tenant.
+
+    <namespace>:<tenant hash>:c:<content key>   immutable state record of a conversation prefix
+    <namespace>:<tenant hash>:s:<session hash> mutable pointer: session -> content key
+
+Callers hand in a tenant and get keys under that tenant's prefix only; no function takes a raw
+key or another tenant's hash, so there is no way to name (or probe) a key of another tenant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+
+DEFAULT_NAMESPACE = "rs"
+_CONTENT_KEY_RE = re.compile(r"[0-9a-f]{32}")
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _digest(person: bytes, *chunks: bytes, size: int = 16) -> bytes:
+    h = hashlib.blake2b(digest_size=size, person=person)
+    for chunk in chunks:
+        h.update(len(chunk).to_bytes(8, "little"))  # length-prefixed: no ambiguous joins
+        h.update(chunk)
+    return h.digest()
+
+
+def tenant_prefix(namespace: str, tenant: str) -> str:
+    if not _NAMESPACE_RE.fullmatch(namespace):
+        raise ValueError(f"invalid namespace {namespace!r}")
+    if not isinstance(tenant, str) or not tenant:
+        raise ValueError("tenant must be a non-empty string")
+    return f"{namespace}:{_digest(b'rs-tenant', tenant.encode(), size=12).hex()}:"
+
+
+def record_key(namespace: str, tenant: str, content_key: str) -> str:
+    if not isinstance(content_key, str) or not _CONTENT_KEY_RE.fullmatch(content_key):
+        raise ValueError(f"invalid content key {content_key!r}")
+    return f"{tenant_prefix(namespace, tenant)}c:{content_key}"
+
+
+def session_prefix(namespace: str, tenant: str) -> str:
+    return f"{tenant_prefix(namespace, tenant)}s:"
+
+
+def session_key(namespace: str, tenant: str, session_id: str) -> str:
+    # hashed: client-chosen ids may hold any character; the id itself lives in the pointer value
+    if not isinstance(session_id, str) or not 0 < len(session_id) <= 256:
+        raise ValueError("session_id must be a string of 1..256 characters")
+    return session_prefix(namespace, tenant) + _digest(b"rs-session", session_id.encode()).hex()
+
+
+def canonical_message(message: Mapping) -> bytes:
+    """One message as canonical JSON: sorted keys, no whitespace, null-valued fields dropped
+    (clients differ on `"name": null` vs no name; the template sees the same thing)."""
+    fields = {k: v for k, v in message.items() if v is not None}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def content_keys(tenant: str, model_fingerprint: str, messages: Sequence[Mapping]) -> list[str]:
+    """Content key of every prefix: ids[i] names messages[: i + 1].
+
+    A hash chain, id_i = H(id_{i-1}, message_i), seeded with (tenant, fingerprint): equal to a
+    hash of the whole prefix's canonical JSON, but all prefixes cost O(total length).
+    """
+    state = _digest(b"rs-content", tenant.encode(), model_fingerprint.encode())
+    ids = []
+    for message in messages:
+        state = _digest(b"rs-content", state, canonical_message(message))
+        ids.append(state.hex())
+    return ids
