@@ -44,15 +44,21 @@ def tiny_model():
 @pytest.fixture
 def make_engine(tiny_model):
     """LLMEngine factory on the tiny model. Decode batches are padded to multiples of 4: MKL's
-    sgemm gives row results that depend on the row count below 12 rows unless it is a multiple
-    of 4, so these sizes make a row's numbers independent of what else is in the batch."""
+    sgemm gives row results that depend on the row count for 1-3 rows (and, with 2 threads,
+    5-7 and 9-11), so these sizes make a row's numbers independent of the rest of the batch."""
+    import torch
+
     from engine.engine import LLMEngine
     from engine.engine_config import EngineConfig
 
     def make(**overrides):
+        # one intra-op thread: on a shared 2-core machine OpenMP threads that wait for a
+        # descheduled peer make small matmuls 100x slower
         settings = dict(device="cpu", max_num_seqs=16, max_num_batched_tokens=208,
-                        decode_buckets=tuple(range(4, 65, 4)))
+                        decode_buckets=tuple(range(4, 65, 4)), num_threads=1)
         settings.update(overrides)
         return LLMEngine(tiny_model, EngineConfig(**settings))
 
-    return make
+    num_threads = torch.get_num_threads()
+    yield make
+    torch.set_num_threads(num_threads)

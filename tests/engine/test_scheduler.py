@@ -50,7 +50,12 @@ def test_batch_invariance_greedy_and_seeded(make_engine):
     each produces alone on the same engine."""
     engine = make_engine()
     requests = varied_requests()
+    batch_sizes = []
+    decode = engine.runner.decode
+    engine.runner.decode = lambda seqs: batch_sizes.append(len(seqs)) or decode(seqs)
     together = engine.generate(requests)
+    engine.runner.decode = decode
+    assert max(batch_sizes) >= 12
     for request in requests:
         assert tokens(together[request.request_id]) == run_alone(engine, request), \
             request.request_id
@@ -129,12 +134,14 @@ def test_long_prompt_does_not_stall_running_sequences(make_engine, tiny_model):
     piece = torch.tensor([prompt(5, 512)])
     with torch.inference_mode():
         reference = []
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             tiny_model.prefill(piece, tiny_model.empty_state(1))
             tiny_model.step(piece[:, 0].repeat(4), tiny_model.empty_state(4))
             reference.append(time.perf_counter() - start)
-    assert max(gaps) < 3 * min(reference) + 0.05, (max(gaps), min(reference))
+    # slack for a shared machine; prefilling the whole prompt in one step would take ~32x
+    budget_time = sorted(reference)[2]
+    assert max(gaps) < 3 * budget_time + 0.1, (max(gaps), budget_time)
 
 
 def test_continuing_from_an_exported_state_matches_an_uninterrupted_run(make_engine):
@@ -198,3 +205,54 @@ def test_initial_state_row_is_loaded_not_shared(make_engine):
     out = engine.generate([Request("x", [1, 2, 3], SamplingParams(max_tokens=2),
                                    initial_state=state, return_state=True)])["x"][-1]
     assert state.kv.abs().sum() == 0 and out.state.kv.abs().sum() > 0
+
+
+def test_a_burst_of_short_prompts_is_spread_over_steps(make_engine):
+    """Each prefill piece costs at least one chunk of the budget (a model call is not free):
+    16 new 10-token prompts under a 208-token budget get 3 pieces per step."""
+    engine = make_engine()
+    for i in range(16):
+        engine.add_request(Request(f"r{i}", prompt(i, 10), SamplingParams(max_tokens=2)))
+    schedule, pieces_per_step = engine.scheduler.schedule, []
+
+    def spy():
+        batch = schedule()
+        pieces_per_step.append(len(batch.prefill))
+        return batch
+
+    engine.scheduler.schedule = spy
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert max(pieces_per_step) == 3 and sum(pieces_per_step) == 16
+
+
+def test_logprobs_reach_the_output(make_engine):
+    engine = make_engine()
+    outputs = engine.generate([Request("lp", prompt(1, 9), SamplingParams(
+        temperature=0.0, max_tokens=3, logprobs=2))])["lp"]
+    for output in outputs:
+        (lp,) = output.logprobs
+        assert lp.token_id == output.token_ids[0] and len(lp.top) == 2
+        assert lp.top[0][0] == lp.token_id and lp.logprob <= 0.0
+
+
+@pytest.mark.parametrize("bad", [
+    dict(max_num_seqs=0), dict(max_num_batched_tokens=16, max_num_seqs=16), dict(dtype="int8"),
+    dict(decode_buckets=(8, 4)), dict(decode_buckets=(4, 8), max_num_seqs=16),
+    dict(gpu_memory_utilization=0.0), dict(max_slots=0),
+])
+def test_engine_config_refuses_unsafe_values(bad):
+    from engine.engine_config import EngineConfig
+
+    with pytest.raises(ValueError):
+        EngineConfig(**bad)
+
+
+def test_default_buckets():
+    from engine.engine_config import EngineConfig
+
+    assert EngineConfig(device="cpu", max_num_seqs=5).resolved_buckets() == (1, 2, 3, 4, 5)
+    cuda = EngineConfig(device="cuda", max_num_seqs=30).resolved_buckets()
+    assert cuda == (1, 2, 4, 8, 16, 24, 32)
+    assert EngineConfig(device="cuda").torch_dtype == torch.bfloat16
+    assert EngineConfig(device="cpu").torch_dtype == torch.float32

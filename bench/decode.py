@@ -1,0 +1,258 @@
+"""Decode throughput of the continuous-batching engine vs one sequence at a time.
+
+`retserve bench decode [--configs default,1.3b] [--concurrency 1,2,...] [--force] ...`
+
+For each model and concurrency: aggregate decode tokens/s and per-step latency (p50/p99) of the
+engine's batched recurrent step, the same work done one sequence at a time through `model.step`
+(the naive baseline), the memory-bandwidth roofline of a step (weights + 2 x batch x state bytes:
+every state is read and written once), and the step time with states at position 16 vs 16384
+(a recurrent step costs the same at any position).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import random
+import statistics
+import time
+
+import torch
+
+from engine.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, load_model
+from engine.config import PRESETS, ModelConfig
+from engine.engine import LLMEngine
+from engine.engine_config import EngineConfig
+from engine.model import RetNet
+from engine.sampling import SamplingParams
+from engine.sequence import Request
+from engine.state_pool import StatePool
+
+# the shape models/retnet-tiny-chat is trained with, used with random weights until it exists
+FALLBACK = ModelConfig(vocab_size=4096, hidden_size=256, num_layers=4, num_heads=4, qk_dim=256,
+                       v_dim=512, ffn_dim=768)
+PROMPT_LEN = 16
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="retserve bench decode", description=__doc__)
+    p.add_argument("--configs", default="default,1.3b", help="models: default and/or 1.3b")
+    p.add_argument("--concurrency", default="1,2,4,8,16,32,64,128,256")
+    p.add_argument("--steps", type=int, default=32, help="timed steps at concurrency <= 16; "
+                   "fewer above (never under 8)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, help="weights (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--num-threads", type=int, default=None)
+    p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--force", action="store_true", help="run 1.3b even on CPU")
+    return p.parse_args(argv)
+
+
+def make_model(name: str, config: EngineConfig) -> tuple[RetNet, str]:
+    device, dtype = config.torch_device, config.torch_dtype
+    if name == "default":
+        try:
+            return load_model(None, device, dtype), str(DEFAULT_MODEL_DIR)
+        except CheckpointError:
+            model_config, source = FALLBACK, ("random weights: models/retnet-tiny-chat not found, "
+                                              "fallback config of its shape")
+    else:
+        model_config, source = PRESETS[name], f"random weights, preset {name}"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = RetNet(model_config)
+    for module in model.modules():  # small weights: a random model's logits stay finite in bf16
+        if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
+            torch.nn.init.normal_(module.weight, std=0.02)
+    return model.to(dtype).eval().requires_grad_(False), source
+
+
+def free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes/s of a large device-to-device copy (read + write), the practical roofline."""
+    n = (1 << 28) if device.type == "cuda" else (1 << 25)
+    src, dst = torch.ones(n, device=device), torch.empty(n, device=device)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n * 4 / best
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def start_sessions(engine: LLMEngine, n: int, max_tokens: int, tag: str) -> None:
+    rng = random.Random(n)
+    vocab = engine.model.config.vocab_size
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    for i in range(n):
+        engine.add_request(Request(f"{tag}-{i}", [rng.randrange(vocab) for _ in range(PROMPT_LEN)],
+                                   params))
+    while engine.pool.num_decoding < n or engine.scheduler.num_waiting:  # prefill
+        engine.step()
+
+
+def timed_steps(engine: LLMEngine, num_steps: int) -> list[float]:
+    times = []
+    for _ in range(num_steps):
+        start = time.perf_counter()
+        engine.step()  # ends with the sampled ids on the host: a device sync
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def stop_sessions(engine: LLMEngine) -> None:
+    for request_id in list(engine._seqs):
+        engine.abort_request(request_id)
+
+
+def naive_tokens_per_s(model: RetNet, num_steps: int) -> dict:
+    """One sequence at a time, model.step (clone + recurrent step) and greedy argmax."""
+    rng = random.Random(0)
+    ids = torch.tensor([[rng.randrange(model.config.vocab_size) for _ in range(PROMPT_LEN)]],
+                       device=model.device)
+    with torch.inference_mode():
+        logits, state = model.prefill(ids)
+        token = logits[:, -1].argmax(-1)
+        times = []
+        for _ in range(num_steps + 3):
+            start = time.perf_counter()
+            logits, state = model.step(token, state)
+            token = logits.argmax(-1)
+            token.tolist()
+            times.append(time.perf_counter() - start)
+    times = times[3:]
+    return {"tokens_per_s": len(times) / sum(times),
+            "step_ms_p50": 1e3 * statistics.median(times)}
+
+
+def bench_model(name: str, args, concurrency: list[int]) -> dict:
+    config = EngineConfig(max_num_seqs=max(concurrency), max_num_batched_tokens=max(
+        2048, max(concurrency) * (PROMPT_LEN + 1) + 64), device=args.device, dtype=args.dtype,
+        cuda_graphs=not args.no_cuda_graphs, num_threads=args.num_threads)
+    device = config.torch_device
+    if name != "default" and device.type != "cuda" and not args.force:
+        return {"skipped": "CPU: the 1.3b preset is for a GPU (use --force to run it anyway)"}
+    model_config = PRESETS.get(name, FALLBACK)
+    state_bytes = StatePool.row_nbytes(model_config)
+    with torch.device("meta"):
+        num_params = sum(p.numel() for p in RetNet(model_config).parameters())
+    weights = num_params * torch.finfo(config.torch_dtype).bits // 8
+    free = free_memory(device)
+    fits = [c for c in concurrency if weights + c * state_bytes * 1.1 < 0.8 * free]
+    if not fits:
+        return {"skipped": f"{free / 2**30:.1f} GiB free on {device.type}: too little"}
+    if len(fits) < len(concurrency):
+        concurrency = fits
+        config = dataclasses.replace(config, max_num_seqs=max(fits))
+    model, source = make_model(name, config)
+    engine = LLMEngine(model, config)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth = copy_bandwidth(device)
+    naive = naive_tokens_per_s(model, args.steps)
+    rows = []
+    for c in concurrency:
+        num_steps = max(8, args.steps * 16 // max(c, 16))
+        start_sessions(engine, c, max_tokens=num_steps + 16, tag=f"c{c}")
+        timed_steps(engine, 2)  # warm-up at this batch size
+        times = timed_steps(engine, num_steps)
+        stop_sessions(engine)
+        step = statistics.median(times)
+        moved = weight_bytes + 2 * c * state_bytes
+        rows.append({
+            "sessions": c,
+            "tokens_per_s": c * len(times) / sum(times),
+            "step_ms_p50": 1e3 * step,
+            "step_ms_p99": 1e3 * percentile(times, 0.99),
+            "speedup_vs_naive": c * len(times) / sum(times) / naive["tokens_per_s"],
+            "bytes_per_step": moved,
+            "roofline_ms": 1e3 * moved / bandwidth,
+            "roofline_fraction": moved / bandwidth / step,
+        })
+    base = rows[0]["tokens_per_s"] if rows[0]["sessions"] == 1 else None
+    for row in rows:
+        row["scaling_vs_1_session"] = row["tokens_per_s"] / base if base else None
+    return {
+        "source": source,
+        "config": {k: v for k, v in model.config.to_dict().items() if k in (
+            "vocab_size", "hidden_size", "num_layers", "num_heads", "qk_dim", "v_dim", "ffn_dim")},
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "weight_bytes": weight_bytes,
+        "state_bytes_per_session": state_bytes,
+        "copy_bandwidth_gb_s": bandwidth / 1e9,
+        "roofline_note": "bytes_per_step = weights + 2 x sessions x state (read + write); "
+                         "fraction = roofline time / measured p50 step"
+                         + ("" if device.type == "cuda" else " (CPU: indicative only)"),
+        "cuda_graphs": config.use_cuda_graphs,
+        "naive_one_at_a_time": naive,
+        "concurrency": rows,
+        "position": position_cost(engine, min(16, max(concurrency)), args.steps),
+    }
+
+
+def position_cost(engine: LLMEngine, sessions: int, num_steps: int) -> dict:
+    """Step time with every state at position 16 vs 16384 (num_tokens set directly), in
+    alternating blocks so that a noisy neighbour hits both alike: the cost must be flat."""
+    start_sessions(engine, sessions, max_tokens=4 * num_steps + 16, tag="pos")
+    times: dict[str, list[float]] = {"short": [], "long": []}
+    for _ in range(3):
+        for name, position in (("short", 16), ("long", 16384)):
+            engine.pool.num_tokens[:sessions] = position
+            timed_steps(engine, 1)
+            times[name] += timed_steps(engine, max(2, num_steps // 3))
+    stop_sessions(engine)
+    short, long = statistics.median(times["short"]), statistics.median(times["long"])
+    return {"sessions": sessions, "short_position": 16, "long_position": 16384,
+            "short_step_ms": 1e3 * short, "long_step_ms": 1e3 * long,
+            "ratio_long_vs_short": long / short}
+
+
+def run(argv: list[str]) -> dict:
+    args = parse_args(argv)
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    started = time.perf_counter()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    device = EngineConfig(device=args.device).torch_device
+    result = {
+        "bench": "decode",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+        "load_average_at_start": list(os.getloadavg()),
+        "workload": f"{PROMPT_LEN}-token random prompts, greedy, ignore_eos; timed steps are "
+                    "pure decode steps (every session decoding)",
+        "models": {},
+    }
+    for name in args.configs.split(","):
+        result["models"][name] = bench_model(name, args, concurrency)
+    default = result["models"].get("default", {})
+    by_sessions = {r["sessions"]: r for r in default.get("concurrency", [])}
+    at_64 = by_sessions.get(64, {})
+    result["seconds"] = time.perf_counter() - started
+    result["summary"] = {
+        "speedup_64": at_64.get("speedup_vs_naive"),
+        "scaling_64_vs_1_session": at_64.get("scaling_vs_1_session"),
+        "target_scaling_64_vs_1_session": 20.0,
+        "step_time_ratio_long_vs_short": default.get("position", {}).get("ratio_long_vs_short"),
+    }
+    return result

@@ -1,0 +1,72 @@
+"""Engine settings: one frozen dataclass, checked on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64,
+           "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = 256  # sequences holding a slot at once (decoding + prefilling)
+    max_slots: int | None = None  # state slots; None: max_num_seqs, capped by free device memory
+    max_num_batched_tokens: int = 2048  # per-step token budget: decode rows + prefill pieces
+    max_waiting: int = 4096  # queued requests beyond which add_request raises EngineOverloaded
+    device: str | None = None  # None: "cuda" when available, else "cpu"
+    dtype: str | None = None  # weights; None: bfloat16 on CUDA, float32 on CPU
+    cuda_graphs: bool = True  # capture the decode step per bucket (CUDA only)
+    # Decode batch sizes to pad to. None: 1, 2, 4, 8, then steps of 8 on CUDA; every size on CPU
+    # (no padding). Multiples of 4 make CPU (MKL sgemm) results batch invariant: a row's numbers
+    # then do not depend on how many other rows the step has.
+    decode_buckets: tuple[int, ...] | None = None
+    gpu_memory_utilization: float = 0.9  # share of free device memory the pool may take
+    num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+    tune_cpu_malloc: bool = True  # CPU: keep freed memory for the next step (glibc mallopt)
+    max_logprobs: int = 20
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_waiting < 0:
+            raise ValueError("max_num_seqs must be >= 1 and max_waiting >= 0")
+        if self.max_slots is not None and self.max_slots < 1:
+            raise ValueError("max_slots must be >= 1")
+        if self.max_num_batched_tokens <= self.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must exceed max_num_seqs "
+                             "(every running sequence decodes one token per step)")
+        if self.dtype is not None and self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.decode_buckets is not None:
+            buckets = self.decode_buckets
+            if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+                raise ValueError("decode_buckets must be increasing positive sizes")
+            if buckets[-1] < self.max_num_seqs:
+                raise ValueError("the largest decode bucket must hold max_num_seqs rows")
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype is not None:
+            return _DTYPES[self.dtype]
+        return torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        return self.cuda_graphs and self.torch_device.type == "cuda"
+
+    def resolved_buckets(self) -> tuple[int, ...]:
+        if self.decode_buckets is not None:
+            return self.decode_buckets
+        if self.torch_device.type != "cuda":
+            return tuple(range(1, self.max_num_seqs + 1))
+        top = -(-self.max_num_seqs // 8) * 8
+        return tuple(b for b in (1, 2, 4) if b < top) + tuple(range(8, top + 1, 8))

@@ -1,0 +1,120 @@
+"""A request as the engine sees it: what it asked for, and a Sequence for its progress."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+import torch
+
+from engine.sampling import SamplingParams, TokenLogprob
+from engine.state import RetentionState
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_ids: list[int]  # tokens to feed: the whole prompt, or only the new ones after a state
+    params: SamplingParams = field(default_factory=SamplingParams)
+    # Start from this state (a one-row RetentionState, or `to_bytes` output with its token count
+    # and dtype) instead of the empty one: a follow-up turn feeds only its new tokens.
+    initial_state: RetentionState | bytes | None = None
+    initial_num_tokens: int = 0  # for bytes
+    initial_state_dtype: torch.dtype = torch.float32  # for bytes
+    # The final state is returned when asked for: prompt + reply (a terminating stop token left
+    # out) + trailing_ids (e.g. the chat template's end-of-turn), fed after generation.
+    return_state: bool = False
+    trailing_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class RequestTimings:
+    arrival: float
+    scheduled: float | None  # first admitted into a slot
+    first_token: float | None
+    finished: float | None
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request: new tokens and text (deltas, not totals)."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None  # "stop", "length", "abort"; None while running
+    num_prompt_tokens: int  # tokens fed for this request (prompt_ids)
+    num_cached_tokens: int  # tokens already in the initial state
+    num_generated_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    state: RetentionState | None = None  # final state (CPU), when asked for
+    timings: RequestTimings | None = None  # on the final output
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class SequenceStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()  # holds a slot: prefilling, decoding, or feeding its tail
+    FINISHED = auto()
+
+
+class Sequence:
+    def __init__(self, request: Request, stop_token_ids: frozenset[int], detokenizer=None):
+        self.request_id = request.request_id
+        self.prompt_ids = list(request.prompt_ids)
+        self.params = request.params
+        self.stop_token_ids = stop_token_ids
+        self.detokenizer = detokenizer
+        self.initial_state = request.initial_state  # dropped once loaded into the slot
+        self.initial_num_tokens = request.initial_num_tokens
+        self.initial_state_dtype = request.initial_state_dtype
+        # tokens already in the initial state (a RetentionState's count is read on admission)
+        self.num_cached_tokens = request.initial_num_tokens if request.initial_state else 0
+        self.return_state = request.return_state
+        self.trailing_ids = tuple(request.trailing_ids)
+        self.status = SequenceStatus.WAITING
+        self.slot: int | None = None
+        self.num_prompt_fed = 0
+        self.output_ids: list[int] = []
+        self.finish_reason: str | None = None
+        self.tail: deque[int] | None = None  # after finishing: tokens still to feed
+        self.arrival_time = time.monotonic()
+        self.scheduled_time: float | None = None
+        self.first_token_time: float | None = None
+        self.finished_time: float | None = None
+
+    def __repr__(self) -> str:
+        return (f"Sequence({self.request_id!r}, {self.status.name}, slot={self.slot}, "
+                f"prompt={self.num_prompt_fed}/{len(self.prompt_ids)}, out={len(self.output_ids)})")
+
+    @property
+    def num_prompt_left(self) -> int:
+        return len(self.prompt_ids) - self.num_prompt_fed
+
+    @property
+    def is_prefilling(self) -> bool:
+        """Prompt tokens are fed chunkwise up to the last one, which goes through the decode
+        step (as every later token does): its logits give the first generated token."""
+        return self.num_prompt_left > 1
+
+    @property
+    def is_finishing(self) -> bool:
+        return self.tail is not None
+
+    @property
+    def next_input(self) -> int:
+        """The token this sequence feeds in the next decode step."""
+        if self.tail is not None:
+            return self.tail[0]
+        if self.num_prompt_left:
+            return self.prompt_ids[-1]
+        return self.output_ids[-1]
+
+    def timings(self) -> RequestTimings:
+        return RequestTimings(self.arrival_time, self.scheduled_time, self.first_token_time,
+                              self.finished_time)

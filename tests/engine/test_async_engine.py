@@ -1,0 +1,269 @@
+"""AsyncEngine: streaming, batch invariance through the thread, aborts and disconnects that
+leave nothing behind, follow-up turns from a returned state, refused input."""
+
+import asyncio
+import gc
+import random
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.engine import AsyncEngine
+from engine.errors import EngineOverloaded, InvalidRequestError
+from engine.sampling import SamplingParams
+from engine.sequence import Request
+from engine.state import RetentionState
+
+
+def prompt(seed: int, length: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(300) for _ in range(length)]
+
+
+@pytest.fixture
+def make_async(make_engine):
+    engines = []
+
+    def make(**overrides):
+        engines.append(AsyncEngine(make_engine(**overrides)))
+        return engines[-1]
+
+    yield make
+    for engine in engines:
+        engine.shutdown()
+
+
+async def collect(engine: AsyncEngine, request: Request):
+    return [output async for output in engine.generate(request)]
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.005)):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def test_streams_tokens_then_a_final_output_with_usage(make_async):
+    engine = make_async()
+    outputs = await collect(engine, Request("a", prompt(0, 30), SamplingParams(
+        temperature=0.0, max_tokens=6, ignore_eos=True)))
+    assert [len(o.token_ids) for o in outputs] == [1] * 6
+    assert [o.finish_reason for o in outputs] == [None] * 5 + ["length"]
+    final = outputs[-1]
+    assert (final.num_prompt_tokens, final.num_generated_tokens, final.num_cached_tokens) == \
+        (30, 6, 0)
+    assert final.text == "" and final.state is None and final.timings.finished is not None
+    assert engine.num_streams == 0 and engine.stats().num_slots_used == 0
+
+
+async def test_concurrent_requests_match_one_at_a_time(make_async):
+    engine = make_async()
+    rng = random.Random(5)
+    requests = [Request(f"r{i}", prompt(i, rng.randint(1, 200)), SamplingParams(
+        temperature=0.0 if i % 2 else 0.9, seed=i, top_k=50, max_tokens=rng.randint(3, 25),
+        ignore_eos=True)) for i in range(16)]
+    together = await asyncio.gather(*(collect(engine, r) for r in requests))
+    for request, outputs in zip(requests, together, strict=True):
+        alone = await collect(engine, request)
+        assert [t for o in outputs for t in o.token_ids] == [t for o in alone for t in o.token_ids]
+
+
+async def test_follow_up_turn_resumes_from_the_returned_state(make_async, tiny_model):
+    engine = make_async()
+    turn1 = prompt(1, 40)
+    first = await collect(engine, Request("t1", turn1, SamplingParams(
+        temperature=0.0, max_tokens=5, ignore_eos=True), return_state=True, trailing_ids=(9,)))
+    reply = [t for o in first for t in o.token_ids]
+    state = first[-1].state
+    assert state.num_tokens.item() == 40 + 5 + 1
+    turn2 = prompt(2, 12)
+    second = await collect(engine, Request("t2", turn2, SamplingParams(
+        temperature=0.0, max_tokens=3, ignore_eos=True), initial_state=state))
+    assert second[-1].num_cached_tokens == 46 and second[-1].num_prompt_tokens == 12
+    # the same conversation fed in one go gives the same next tokens (up to chunkwise vs
+    # recurrent rounding, which these logits do not come near)
+    with torch.inference_mode():
+        logits, _ = tiny_model.prefill(torch.tensor([turn1 + reply + [9] + turn2]))
+    assert second[0].token_ids[0] == logits[0, -1].argmax().item()
+
+
+async def test_closing_the_stream_aborts_and_frees_the_slot_within_a_step(make_async):
+    engine = make_async()
+    params = SamplingParams(max_tokens=10_000, ignore_eos=True)
+    async with aclosing(engine.generate(Request("gone", prompt(3, 20), params))) as stream:
+        async for output in stream:
+            if output.num_generated_tokens == 3:
+                break
+        closed_at = engine.stats().num_steps
+    await wait_until(lambda: engine.stats().num_slots_used == 0)
+    assert engine.stats().num_steps <= closed_at + 2  # at most the step in flight
+
+    task = asyncio.create_task(collect(engine, Request("cancelled", prompt(4, 20), params)))
+    await wait_until(lambda: engine.stats().num_slots_used == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    cancelled_at = engine.stats().num_steps
+    await wait_until(lambda: engine.stats().num_slots_used == 0)
+    assert engine.stats().num_steps <= cancelled_at + 2
+    assert engine.num_streams == 0 and not engine.engine.has_unfinished_requests()
+
+
+async def test_abort_ends_the_stream_with_abort(make_async):
+    engine = make_async()
+    stream = engine.generate(Request("x", prompt(5, 10), SamplingParams(max_tokens=10_000)))
+    first = await anext(stream)
+    engine.abort("x")
+    rest = [o async for o in stream]
+    assert first.finish_reason is None and rest[-1].finish_reason == "abort"
+    assert engine.stats().num_slots_used == 0
+
+
+async def test_a_thousand_requests_a_third_aborted_leave_nothing_behind(make_async):
+    engine = make_async(max_num_seqs=32, max_num_batched_tokens=288)
+    rng = random.Random(7)
+    pool = engine.engine.pool
+    pool_bytes, kv_ptr = pool.nbytes, pool.kv.data_ptr()
+
+    async def client(i: int) -> str:
+        request = Request(f"c{i}", prompt(i, rng.randint(1, 40)), SamplingParams(
+            temperature=rng.choice([0.0, 1.0]), max_tokens=rng.randint(1, 24), ignore_eos=True))
+        fate, after = rng.random(), rng.randint(0, 6)
+        async with aclosing(engine.generate(request)) as stream:
+            async for output in stream:
+                if fate < 1 / 6 and output.num_generated_tokens >= after:
+                    return "disconnected"  # the stream is closed: the request is aborted
+                if fate < 1 / 3 and output.num_generated_tokens >= after:
+                    engine.abort(request.request_id)
+                if output.finished:
+                    return output.finish_reason
+        return "ended"
+
+    async def run(n: int, offset: int) -> list[str]:
+        tasks = [asyncio.create_task(client(offset + i)) for i in range(n)]
+        cancel = rng.sample(tasks, n // 20)  # some consumers vanish mid-await
+        await asyncio.sleep(0.05)
+        for task in cancel:
+            task.cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    await run(150, 0)  # warm-up: allocator caches, lazily created objects
+    await wait_until(lambda: engine.stats().num_slots_used == 0)
+    gc.collect()
+    rss, num_objects = rss_bytes(), len(gc.get_objects())
+
+    results = await run(1000, 10_000)
+    await wait_until(lambda: not engine.engine.has_unfinished_requests())
+    await asyncio.sleep(0.05)
+    gc.collect()
+    reasons = [r if isinstance(r, str) else type(r).__name__ for r in results]
+    assert reasons.count("abort") + reasons.count("disconnected") + \
+        reasons.count("CancelledError") > 250
+    assert reasons.count("length") > 500
+    stats = engine.stats()
+    assert (stats.num_slots_used, stats.num_running, stats.num_waiting) == (0, 0, 0)
+    assert pool.num_free == pool.num_slots and pool.nbytes == pool_bytes
+    assert pool.kv.data_ptr() == kv_ptr
+    assert engine.num_streams == 0 and not engine.engine._seqs
+    assert not engine.engine.scheduler._by_slot and engine._inbox.empty()
+    assert len(gc.get_objects()) - num_objects < 2000
+    assert rss_bytes() - rss < 32 * 2**20
+
+
+@pytest.mark.parametrize("bad", [
+    dict(prompt_ids=[]),
+    dict(prompt_ids=[1, 300]),
+    dict(prompt_ids=[-1]),
+    dict(prompt_ids=[1.5]),
+    dict(trailing_ids=(400,)),
+    dict(params=SamplingParams(stop_token_ids=(300,))),
+    dict(params=SamplingParams(logit_bias={999: 1.0})),
+    dict(initial_state=RetentionState(torch.zeros(2, 1, 2, 32, 32), torch.zeros(1, dtype=int))),
+    dict(initial_state=b"\0" * 12),
+    dict(initial_state="not a state"),
+])
+async def test_bad_input_is_refused_with_a_clear_error(make_async, bad):
+    engine = make_async()
+    fields = dict(request_id="bad", prompt_ids=[1, 2], params=SamplingParams())
+    fields.update(bad)
+    with pytest.raises(InvalidRequestError):
+        engine.generate(Request(**fields))
+    with pytest.raises(InvalidRequestError):
+        engine.engine.add_request(Request(**fields))
+    assert issubclass(InvalidRequestError, ValueError)
+
+
+async def test_bad_sampling_values_and_duplicate_ids_are_refused(make_async):
+    engine = make_async()
+    with pytest.raises(InvalidRequestError):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(InvalidRequestError):
+        SamplingParams(top_p=2.0)
+    stream = engine.generate(Request("dup", [1], SamplingParams(max_tokens=10_000)))
+    await anext(stream)
+    with pytest.raises(InvalidRequestError):
+        engine.generate(Request("dup", [1]))
+    await stream.aclose()
+
+
+async def test_full_waiting_queue_is_overloaded(make_async):
+    engine = make_async(max_num_seqs=1, max_waiting=2, max_num_batched_tokens=128)
+    params = SamplingParams(max_tokens=10_000)
+    streams = [engine.generate(Request(f"q{i}", [1], params)) for i in range(3)]
+    await anext(streams[0])  # running: the next two wait
+    firsts = [asyncio.create_task(anext(s)) for s in streams[1:]]
+    await wait_until(lambda: engine.engine.scheduler.num_waiting == 2)
+    with pytest.raises(EngineOverloaded):
+        engine.generate(Request("overflow", [1], params))
+    for task in firsts:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    for stream in streams:
+        await stream.aclose()
+    await wait_until(lambda: engine.stats().num_slots_used == 0)
+
+
+async def test_text_deltas_come_from_the_incremental_detokenizer(tiny_tokenizer_dir):
+    from engine.config import ModelConfig
+    from engine.engine import LLMEngine
+    from engine.engine_config import EngineConfig
+    from engine.model import RetNet
+    from engine.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_dir(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    model = RetNet(ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_layers=2,
+                               num_heads=2, qk_dim=64, v_dim=128, ffn_dim=128))
+    engine = AsyncEngine(LLMEngine(model, EngineConfig(device="cpu", max_num_seqs=4,
+                                                       max_num_batched_tokens=128), tokenizer))
+    try:
+        ids = tokenizer.encode_chat([{"role": "user", "content": "hello there"}])
+        outputs = await collect(engine, Request("t", ids, SamplingParams(seed=0, max_tokens=20)))
+    finally:
+        engine.shutdown()
+    generated = [t for o in outputs for t in o.token_ids]
+    content = [t for t in generated if t not in tokenizer.stop_token_ids]
+    assert "".join(o.text for o in outputs) == tokenizer.decode(content)
+
+
+async def test_shutdown_ends_open_streams(make_async):
+    engine = make_async()
+    stream = engine.generate(Request("s", [1, 2], SamplingParams(max_tokens=10_000)))
+    await anext(stream)
+    engine.shutdown()
+    with pytest.raises(RuntimeError):
+        async for _ in stream:
+            pass
+    with pytest.raises(RuntimeError):
+        await anext(engine.generate(Request("late", [1])))
