@@ -250,9 +250,10 @@ def run(argv: list[str]) -> dict:
     at_64 = by_sessions.get(64, {})
     result["seconds"] = time.perf_counter() - started
     result["summary"] = {
-        "speedup_64": at_64.get("speedup_vs_naive"),
-        "scaling_64_vs_1_session": at_64.get("scaling_vs_1_session"),
-        "target_scaling_64_vs_1_session": 20.0,
+        # aggregate tokens/s at 64 sessions / one session's (through the engine both)
+        "speedup_64": at_64.get("scaling_vs_1_session"),
+        "target_speedup_64": 20.0,
+        "speedup_64_vs_naive_model_step": at_64.get("speedup_vs_naive"),
         "step_time_ratio_long_vs_short": default.get("position", {}).get("ratio_long_vs_short"),
     }
     return result

@@ -69,7 +69,7 @@ class ModelRunner:
 
     def prefill(self, slot: int, token_ids: list[int]) -> None:
         ids = torch.tensor([token_ids], device=self.device)
-        _, state = self.model.prefill(ids, self.pool.state(slot))
+        _, state = self.model.prefill(ids, self.pool.state(slot), return_logits=False)
         self.pool.write(slot, state)
 
     def decode(self, seqs: list) -> tuple[Tensor, Tensor, Tensor]:

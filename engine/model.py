@@ -169,14 +169,14 @@ class RetNet(nn.Module):
         x = self.norm(x).to(x.dtype)
         return F.linear(x, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(x)
 
-    def _run(self, input_ids: Tensor, kv: Tensor | None, start: Tensor, mode: str
-             ) -> tuple[Tensor, list[Tensor | None]]:
+    def _run(self, input_ids: Tensor, kv: Tensor | None, start: Tensor, mode: str,
+             return_logits: bool = True) -> tuple[Tensor | None, list[Tensor | None]]:
         x = self._embed(input_ids)
         states = []
         for i, layer in enumerate(self.layers):
             x, s = layer(x, None if kv is None else kv[i], start, mode)
             states.append(s)
-        return self._logits(x), states
+        return (self._logits(x) if return_logits else None), states
 
     def forward_parallel(self, input_ids: Tensor) -> Tensor:
         """input_ids: [B, T] from position 0 -> logits [B, T, V]."""
@@ -185,12 +185,14 @@ class RetNet(nn.Module):
 
     forward = forward_parallel
 
-    def prefill(self, input_ids: Tensor, state: RetentionState | None = None
-                ) -> tuple[Tensor, RetentionState]:
+    def prefill(self, input_ids: Tensor, state: RetentionState | None = None,
+                return_logits: bool = True) -> tuple[Tensor | None, RetentionState]:
         """Chunkwise form: input_ids [B, T] continuing `state` (rows may sit at different
-        positions) -> logits [B, T, V] and the state after the last token."""
+        positions) -> logits [B, T, V] (None if not asked for) and the state after the last
+        token."""
         state = state or self.empty_state(input_ids.shape[0])
-        logits, states = self._run(input_ids, state.kv, state.num_tokens, "chunkwise")
+        logits, states = self._run(input_ids, state.kv, state.num_tokens, "chunkwise",
+                                   return_logits)
         kv = torch.stack(states).to(state.kv.dtype)
         return logits, RetentionState(kv, state.num_tokens + input_ids.shape[1])
 
@@ -203,6 +205,7 @@ class RetNet(nn.Module):
         """The batched decode kernel: updates kv [L, B, H, Dk, Dv] and positions [B] in place."""
         logits, states = self._run(input_ids[:, None], kv, positions, "recurrent")
         for i, s in enumerate(states):
-            kv[i].copy_(s)
+            if s.data_ptr() != kv[i].data_ptr():  # recurrent_retention works in place
+                kv[i].copy_(s)
         positions += 1
         return logits[:, 0]

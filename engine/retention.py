@@ -98,7 +98,8 @@ def recurrent_retention(q: Tensor, k: Tensor, v: Tensor, state: Tensor, pos: Ten
                         log_gamma: Tensor, state_norm: str) -> tuple[Tensor, Tensor]:
     """One token per row, each row at its own position pos[B].
 
-    q, k: [B, H, Dk]; v: [B, H, Dv]; state: [B, H, Dk, Dv] -> o [B, H, Dv], new state.
+    q, k: [B, H, Dk]; v: [B, H, Dv]; state: [B, H, Dk, Dv] (contiguous), updated in place
+    -> o [B, H, Dv] and the same state tensor.
     """
     gamma = torch.exp(log_gamma)[None, :]  # [1, H]
     if state_norm == "none":
@@ -107,7 +108,10 @@ def recurrent_retention(q: Tensor, k: Tensor, v: Tensor, state: Tensor, pos: Ten
         c_prev = norm_scale(pos - 1, log_gamma, state_norm)
         c_now = norm_scale(pos, log_gamma, state_norm)
         decay, inject = gamma * c_prev / c_now, 1.0 / c_now
-    kv = k.unsqueeze(-1) * v.unsqueeze(-2)  # [B, H, Dk, Dv]
-    new_state = state * decay[..., None, None] + kv * inject[..., None, None]
-    out = (q.unsqueeze(-2) @ new_state).squeeze(-2)
-    return out, new_state
+    # in place: S = decay * S + k^T (inject * v), one batched rank-1 update, no state-sized temps
+    batch, heads, dk = k.shape
+    state.mul_(decay[..., None, None])
+    state.view(batch * heads, dk, -1).baddbmm_(
+        k.reshape(batch * heads, dk, 1), (v * inject[..., None]).reshape(batch * heads, 1, -1))
+    out = (q.unsqueeze(-2) @ state).squeeze(-2)
+    return out, state
