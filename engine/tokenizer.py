@@ -218,6 +218,27 @@ class Tokenizer:
                 ids += self.encode(part)
         return ids
 
+    def encode_chat_continuation(
+        self, history: Sequence[Message], messages: Sequence[Message],
+        add_generation_prompt: bool = True,
+    ) -> list[int] | None:
+        """Ids the rendering of `messages` adds after `history` (its prefix, ending with an
+        assistant reply and the end of its turn), so a state that folded in history's tokens as
+        they were generated can continue without re-encoding the reply. None when the template
+        does not render history as a text prefix, or new messages carry special-token text
+        (then the caller feeds the whole `encode_chat(messages)`)."""
+        if list(messages[:len(history)]) != list(history) or len(messages) == len(history):
+            return None
+        prev = self.apply_chat_template(history, add_generation_prompt=False)
+        full = self.apply_chat_template(messages, add_generation_prompt)
+        substitutions: dict[str, str] = {}
+        self._sanitize(_validate_messages(messages[len(history):]), substitutions)
+        if substitutions or not full.startswith(prev):
+            return None
+        # the continuation starts with the template's own turn marker (a special token), so
+        # encoding it apart tokenises exactly as in the whole rendering
+        return self.encode(full[len(prev):])
+
     def _sanitize(self, value: Any, substitutions: dict[str, str]) -> Any:
         if isinstance(value, Mapping):
             return {k: self._sanitize(v, substitutions) for k, v in value.items()}

@@ -23,13 +23,20 @@ class ChatSession:
         self.fed_ids: list[int] = []
         self.state = None
         self.num_cached_tokens = 0  # of the last turn: tokens it did not have to feed
+        self.last_prompt_ids: list[int] = []
 
     def reply(self, user_text: str, params: SamplingParams, on_text=None) -> str:
+        history = list(self.messages)
         self.messages.append({"role": "user", "content": user_text})
-        prompt = self.tokenizer.encode_chat(self.messages, add_generation_prompt=True)
-        reuse = self.state is not None and prompt[:len(self.fed_ids)] == self.fed_ids
-        request = Request(uuid.uuid4().hex, prompt[len(self.fed_ids):] if reuse else prompt,
-                          params, initial_state=self.state if reuse else None,
+        new_ids = None
+        if self.state is not None:
+            new_ids = self.tokenizer.encode_chat_continuation(history, self.messages)
+        if new_ids is None:  # first turn, or the template can't continue: feed it all
+            self.fed_ids, self.state = [], None
+            new_ids = self.tokenizer.encode_chat(self.messages, add_generation_prompt=True)
+        prompt = self.fed_ids + new_ids  # every token of the conversation the model has seen
+        self.last_prompt_ids = prompt
+        request = Request(uuid.uuid4().hex, new_ids, params, initial_state=self.state,
                           return_state=True, trailing_ids=self.tokenizer.end_of_turn_ids)
         self.engine.add_request(request)
         text, reply_ids, final = [], [], None
