@@ -31,7 +31,7 @@ def run(argv: list[str] | None = None) -> dict:
     rows, worst = [], 0.0
     for length in [int(x) for x in args.lengths.split(",")]:
         ids = torch.randint(0, vocab, (1, length), generator=gen).to(args.device)
-        chunk_t = min(time_call(lambda: model.prefill(ids), 2, args.device))
+        chunk_t = min(time_call(lambda ids=ids: model.prefill(ids), 2, args.device))
         chunk_logits, _ = model.prefill(ids)
         row = {"length": length, "chunkwise_tokens_per_s": length / chunk_t}
         state, rec = model.empty_state(1), []
@@ -41,7 +41,7 @@ def run(argv: list[str] | None = None) -> dict:
         rec_logits = torch.stack(rec, 1)
         row["max_abs_diff_chunkwise_recurrent"] = (chunk_logits - rec_logits).abs().max().item()
         if _parallel_bytes(model, length) <= MAX_PARALLEL_BYTES:
-            par_t = min(time_call(lambda: model.forward_parallel(ids), 2, args.device))
+            par_t = min(time_call(lambda ids=ids: model.forward_parallel(ids), 2, args.device))
             par_logits = model.forward_parallel(ids)
             row["parallel_tokens_per_s"] = length / par_t
             row["max_abs_diff_parallel_chunkwise"] = (par_logits - chunk_logits).abs().max().item()
@@ -57,7 +57,7 @@ def run(argv: list[str] | None = None) -> dict:
         state = RetentionState(torch.randn_like(state.kv) * 0.1,
                                torch.full((8,), position, device=args.device))
         ids = torch.randint(0, vocab, (8,), generator=gen).to(args.device)
-        step_times[position] = min(time_call(lambda s=state: model.step(ids, s), 20, args.device))
+        step_times[position] = min(time_call(lambda s=state, ids=ids: model.step(ids, s), 20, args.device))
     first, last = rows[0], rows[-1]
     return {
         "benchmark": "forms", "model": source, "device": args.device, "dtype": "float32",

@@ -1,7 +1,7 @@
 """torchscale 0.3.0 RetNet -> native: converted logits equal torchscale's own, refusals are clear.
 
-The reference is tests/engine/torchscale_reference.py, an independent reference of torchscale 0.3.0 (the
-real package needs timm -> torchvision, which doesn't install beside our torch).
+The reference is tests/engine/torchscale_reference.py, an independent reference of torchscale
+0.3.0's math (the real package needs timm -> torchvision, which doesn't install beside our torch).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def make_session(tokenizer_dir):
 def test_follow_up_turn_feeds_only_new_tokens_and_matches_a_fresh_prompt(tiny_tokenizer_dir):
     params = SamplingParams(max_tokens=6, temperature=0.0)
     session, engine = make_session(tiny_tokenizer_dir)
-    first = session.reply("Hello, my name is Ada.", params)
+    session.reply("Hello, my name is Ada.", params)
     tokens_after_first = session.state.num_tokens.item()
     assert tokens_after_first == len(session.fed_ids)
     second = session.reply("What is my name?", params)
