@@ -57,7 +57,8 @@ def run(argv: list[str] | None = None) -> dict:
         state = RetentionState(torch.randn_like(state.kv) * 0.1,
                                torch.full((8,), position, device=args.device))
         ids = torch.randint(0, vocab, (8,), generator=gen).to(args.device)
-        step_times[position] = min(time_call(lambda s=state, ids=ids: model.step(ids, s), 20, args.device))
+        step = lambda s=state, ids=ids: model.step(ids, s)
+        step_times[position] = min(time_call(step, 20, args.device))
     first, last = rows[0], rows[-1]
     return {
         "benchmark": "forms", "model": source, "device": args.device, "dtype": "float32",
