@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 venv: $(VENV)/.installed
 
 serve: venv
-	$(BIN)/retserve serve
+	$(BIN)/retserve chat
 
 test: venv
 	$(BIN)/python -m pytest -q
