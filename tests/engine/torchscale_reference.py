@@ -19,20 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Keyword defaults of torchscale 0.3.0's RetNetConfig (facts about its API, kept as data).
-RETNET_CONFIG_DEFAULTS = dict(
-    decoder_embed_dim=768, decoder_value_embed_dim=1280, decoder_retention_heads=3,
-    decoder_ffn_embed_dim=1280, decoder_layers=12, decoder_normalize_before=True,
-    activation_fn="gelu", dropout=0.0, drop_path_rate=0.0, activation_dropout=0.0,
-    no_scale_embedding=True, layernorm_embedding=False, moe_freq=0, moe_top1_expert=False,
-    moe_expert_count=0, moe_gating_use_fp32=True, moe_eval_capacity_token_fraction=0.25,
-    moe_second_expert_policy="random", moe_normalize_gate_prob_before_dropping=False,
-    use_xmoe=False, rel_pos_buckets=0, max_rel_pos=0, deepnorm=False, subln=True,
-    multiway=False, share_decoder_input_output_embed=False, max_target_positions=1024,
-    no_output_layer=False, layernorm_eps=1e-6, chunkwise_recurrent=False,
-    recurrent_chunk_size=512, vocab_size=-1, checkpoint_activations=False, fsdp=False,
-    ddp_rank=0, xpos_rel_pos=False, xpos_scale_base=512,
-)
+# RetNetConfig's keyword defaults are facts about torchscale's API; one copy serves both.
+from engine.convert_torchscale import DEFAULTS as RETNET_CONFIG_DEFAULTS  # noqa: E402
 
 ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu, "relu": F.relu}
 
