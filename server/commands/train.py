@@ -42,7 +42,8 @@ def _run(args) -> int:
             return 1
         base = TrainArgs(**{**saved, **given})
     log = train(base, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress)
-    print(json.dumps({k: log[k] for k in ("step", "final_loss", "num_params", "num_rows")}
+    print(json.dumps({k: log[k] for k in ("step", "final_loss", "final_reply_loss", "num_params",
+                                                 "num_rows")}
                      | {"train_seconds": round(log["train_seconds"], 1),
                         "evals": log["evals"][-1:]}))
     return 0

@@ -24,7 +24,8 @@ def tiny_args(root: Path, **overrides) -> TrainArgs:
     base = TrainArgs(
         out_dir=str(root / "model"), ckpt_dir=str(root / "ckpt"), seed=3,
         hidden_size=32, num_layers=2, num_heads=4, qk_dim=32, v_dim=64, ffn_dim=64,
-        chunk_size=16, vocab_size=384, num_chats=240, num_recall=80, max_turns_back=3,
+        chunk_size=16, vocab_size=384, num_chats=200, num_recall=80, num_dense=40,
+        max_turns_back=3,
         steps=40, batch_size=8, lr=5e-3, warmup=4, ckpt_every=10, eval_every=0, threads=2,
     )
     return dataclasses.replace(base, **overrides)
