@@ -114,8 +114,10 @@ def run_probes(engine: LLMEngine, tok: Tokenizer, probes: list[dict],
 
 
 def evaluate(model_dir: str | Path | None = None, n: int = 50, distances=DISTANCES,
-             seed: int = 1234, max_new_tokens: int = 32, progress: bool = False) -> dict:
-    """Recall share per distance on held-out probes; the result ends with `summary`."""
+             seed: int = 1234, max_new_tokens: int = 32, progress: bool = False,
+             split: str = "heldout") -> dict:
+    """Recall share per distance on held-out probes (or, as a diagnostic, on the training
+    pools' values); the result ends with `summary`."""
     model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
     model = load_model(model_dir)
     tok = Tokenizer.from_dir(model_dir)
@@ -123,7 +125,7 @@ def evaluate(model_dir: str | Path | None = None, n: int = 50, distances=DISTANC
     t0 = time.perf_counter()
     per_distance, failures = {}, []
     for k in distances:
-        results = run_probes(engine, tok, recall_probes(n, k, seed=seed, split="heldout"),
+        results = run_probes(engine, tok, recall_probes(n, k, seed=seed, split=split),
                              max_new_tokens)
         hits = [r for r in results if r["correct"]]
         kinds, kind_hits = Counter(r["kind"] for r in results), Counter(r["kind"] for r in hits)
@@ -136,7 +138,7 @@ def evaluate(model_dir: str | Path | None = None, n: int = 50, distances=DISTANC
             print(f"turns_back={k}: {len(hits)}/{len(results)}", flush=True)
     return {
         "model": str(model_dir), "model_fingerprint": model.fingerprint, "method": METHOD,
-        "split": "heldout", "seed": seed, "probes_per_distance": n,
+        "split": split, "seed": seed, "probes_per_distance": n,
         "seconds": round(time.perf_counter() - t0, 1),
         "distances": per_distance, "failure_examples": failures,
         "summary": {f"recall_{k}": per_distance[str(k)]["recall"] for k in distances},
