@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from model_forms import all_forms  # tests/engine is on sys.path (no __init__.py)
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -139,15 +140,6 @@ def fla_reference_logits(c: dict, w: dict, tokens: torch.Tensor, old_mlp=False) 
     return x @ head.T
 
 
-@torch.no_grad()
-def our_forms(model, tokens):
-    state, steps = model.empty_state(tokens.shape[0]), []
-    for t in range(tokens.shape[1]):
-        logits, state = model.step(tokens[:, t], state)
-        steps.append(logits)
-    return model.forward_parallel(tokens), torch.stack(steps, 1), model.prefill(tokens)[0]
-
-
 CASES = {
     "default": ({}, {}),
     "tied-unfused-expand_k-half": (dict(tie_word_embeddings=True, fuse_norm=False, expand_k=0.5,
@@ -172,7 +164,7 @@ def test_matches_fla_math(tmp_path, name):
     tokens = torch.randint(0, c["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(3))
     ref = fla_reference_logits(c, w, tokens, old_mlp=layout.get("old_mlp", False))
     assert ref.abs().max() > 0.5
-    for ours in our_forms(model, tokens):
+    for ours in all_forms(model, tokens):
         assert (ours - ref).abs().max().item() <= TOL
 
 

@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 import torchscale_reference as ts_ref  # pytest puts tests/engine (no __init__.py) on sys.path
+from model_forms import all_forms  # tests/engine is on sys.path (no __init__.py)
 
 from engine.checkpoint import CheckpointError, build_model, load_model
 from engine.convert_torchscale import convert_torchscale
@@ -61,16 +62,6 @@ def torchscale_logits(decoder, tokens):
     return parallel, torch.stack(steps, 1)
 
 
-@torch.no_grad()
-def our_logits(model, tokens):
-    """(parallel, recurrent, chunkwise) logits of the converted model."""
-    state, steps = model.empty_state(tokens.shape[0]), []
-    for t in range(tokens.shape[1]):
-        logits, state = model.step(tokens[:, t], state)
-        steps.append(logits)
-    return model.forward_parallel(tokens), torch.stack(steps, 1), model.prefill(tokens)[0]
-
-
 def convert(kwargs, decoder):
     sd = {k: v.clone() for k, v in decoder.state_dict().items()}
     config, native = convert_torchscale(kwargs, sd)
@@ -92,7 +83,7 @@ def test_logits_match_torchscale(name):
     model = convert(kwargs, decoder)
     tokens = random_tokens(kwargs["vocab_size"], (2, T))
     ts_par, ts_rec = torchscale_logits(decoder, tokens)
-    ours_par, ours_rec, ours_chunk = our_logits(model, tokens)
+    ours_par, ours_rec, ours_chunk = all_forms(model, tokens)
     assert ts_par.abs().max() > 0.5  # not trivially small logits
     for ours in (ours_par, ours_rec, ours_chunk):
         assert max_diff(ours, ts_rec) <= TOL
@@ -109,7 +100,7 @@ def test_large_qk_parallel_normalisation_is_torchscales_own_gap():
     model = convert(kwargs, decoder)
     tokens = random_tokens(kwargs["vocab_size"], (1, 48), seed=2)
     ts_par, ts_rec = torchscale_logits(decoder, tokens)
-    ours_par, ours_rec, _ = our_logits(model, tokens)
+    ours_par, ours_rec, _ = all_forms(model, tokens)
     assert max_diff(ours_par, ts_rec) <= TOL and max_diff(ours_rec, ts_rec) <= TOL
     gap = max_diff(ts_par, ts_rec)
     assert gap > TOL  # measured 4.3e-4 here; 2e-6 at torchscale's own init (the cases above)
