@@ -45,6 +45,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="weights (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--num-threads", type=int, default=None)
     p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--no-packed-linear", action="store_true",
+                   help="CPU: keep torch's dense linears (MKL sgemm), to compare")
     p.add_argument("--force", action="store_true", help="run 1.3b even on CPU")
     return p.parse_args(argv)
 
@@ -148,7 +150,8 @@ def naive_tokens_per_s(model: RetNet, num_steps: int) -> dict:
 def bench_model(name: str, args, concurrency: list[int]) -> dict:
     config = EngineConfig(max_num_seqs=max(concurrency), max_num_batched_tokens=max(
         2048, max(concurrency) * (PROMPT_LEN + 1) + 64), device=args.device, dtype=args.dtype,
-        cuda_graphs=not args.no_cuda_graphs, num_threads=args.num_threads)
+        cuda_graphs=not args.no_cuda_graphs, num_threads=args.num_threads,
+        cpu_packed_linear=not args.no_packed_linear)
     device = config.torch_device
     if name != "default" and device.type != "cuda" and not args.force:
         return {"skipped": "CPU: the 1.3b preset is for a GPU (use --force to run it anyway)"}
@@ -168,7 +171,7 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
     engine = LLMEngine(model, config)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = copy_bandwidth(device)
-    naive = naive_tokens_per_s(model, args.steps)
+    naive = naive_tokens_per_s(model, args.steps)  # the model as given: not packed
     rows = []
     for c in concurrency:
         num_steps = max(8, args.steps * 16 // max(c, 16))
@@ -203,6 +206,8 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
                          "fraction = roofline time / measured p50 step"
                          + ("" if device.type == "cuda" else " (CPU: indicative only)"),
         "cuda_graphs": config.use_cuda_graphs,
+        # linears the engine runs as oneDNN prepacked (CPU), 0: torch's dense F.linear
+        "packed_linears": engine.packed_linears,
         "naive_one_at_a_time": naive,
         "concurrency": rows,
         "position": position_cost(engine, min(16, max(concurrency)), args.steps),

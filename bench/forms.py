@@ -55,7 +55,7 @@ def run(argv: list[str] | None = None) -> dict:
     for position in (16, 16384):
         state = model.empty_state(8)
         state = RetentionState(torch.randn_like(state.kv) * 0.1,
-                               torch.full((8,), position, device=args.device))
+                               torch.full((8,), position, device=args.device), state.conv)
         ids = torch.randint(0, vocab, (8,), generator=gen).to(args.device)
         step = lambda s=state, ids=ids: model.step(ids, s)
         step_times[position] = min(time_call(step, 20, args.device))

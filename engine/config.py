@@ -34,6 +34,12 @@ class ModelConfig:
     embed_norm: bool = False  # RMSNorm right after the embedding
     tie_embeddings: bool = False
     chunk_size: int = 64  # chunkwise prefill block
+    # Causal depthwise convolution of this kernel size over the q/k/v projections (fla's
+    # use_short_conv); 0 = none. It lets a key see the tokens just before it, which is how a
+    # linear-attention model copies text it has seen once (induction). Its state is the last
+    # kernel - 1 projected inputs per layer: fixed size, like the retention state.
+    short_conv: int = 0
+    short_conv_activation: Literal["silu", "none"] = "silu"  # fla applies SiLU after the conv
     bos_token_id: int | None = None
     eos_token_id: int | None = None
 
@@ -44,6 +50,8 @@ class ModelConfig:
             raise ValueError("per-head key dim must be even for the rotation")
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
+        if self.short_conv == 1 or self.short_conv < 0:
+            raise ValueError("short_conv must be 0 (none) or a kernel size >= 2")
 
     @property
     def head_qk_dim(self) -> int:
@@ -58,9 +66,26 @@ class ModelConfig:
         return self.norm_eps if self.head_norm_eps is None else self.head_norm_eps
 
     @property
+    def conv_channels(self) -> int:
+        """Channels of the short convolution: q, k and v projections side by side."""
+        return 2 * self.qk_dim + self.v_dim
+
+    @property
+    def conv_state_width(self) -> int:
+        return max(self.short_conv - 1, 0)
+
+    @property
+    def kv_numel(self) -> int:
+        return self.num_layers * self.num_heads * self.head_qk_dim * self.head_v_dim
+
+    @property
+    def conv_numel(self) -> int:
+        return self.num_layers * self.conv_channels * self.conv_state_width
+
+    @property
     def state_numel(self) -> int:
         """Elements of one conversation's state: fixed by the config, never by its length."""
-        return self.num_layers * self.num_heads * self.head_qk_dim * self.head_v_dim
+        return self.kv_numel + self.conv_numel
 
     def to_dict(self) -> dict:
         return {"model_type": "retserve-retnet", **dataclasses.asdict(self)}

@@ -4,6 +4,16 @@ fla's RetNet (fla/models/retnet, fla/layers/multiscale_retention.py): pre-norm R
 rotate-half RoPE (base 10000) on head_k_dim, unnormalised retention with q scaled by
 head_k_dim**-0.5 (we scale k: same product), per-head RMSNorm with a weight, swish output gate,
 SwiGLU mlp. Options that change that math and that we don't implement are refused.
+
+use_short_conv=True (fla/modules/convolution.py ShortConvolution): three depthwise causal convs
+q_conv1d, k_conv1d, v_conv1d (weights [C, 1, conv_size], left zero padding, SiLU after, no bias
+unless conv_bias) on the q/k/v projections, before the head split and rotary. Depthwise convs
+side by side are one conv over cat([q, k, v]): our attn.qkv_conv, whose weight is the three
+weights concatenated along dim 0 (short_conv=conv_size, short_conv_activation="silu").
+Refused with it: conv_bias=True, share_conv_kernel=True (older fla: one conv over the hidden
+states), and a config that asks for the conv while the weights hold none: fla's own RetNetBlock
+passes neither use_short_conv nor conv_size to its MultiScaleRetention, so a stock fla RetNet
+never builds the convs whatever config.json says (set use_short_conv to false to convert it).
 """
 
 from __future__ import annotations
@@ -31,7 +41,9 @@ DEFAULTS: dict = dict(
     fuse_cross_entropy=True, fuse_linear_cross_entropy=False, use_l2warp=False, vocab_size=32000,
 )
 # Keys that never change inference math: kernel choices (attn_mode, fuse_*), training-only
-# options, the rotary cache length, older fla's conv option, and PretrainedConfig bookkeeping.
+# options, the rotary cache length, the conv options other fla layers take (conv_bias,
+# share_conv_kernel: checked in resolve_config when use_short_conv is on; conv_size is used
+# only then), and PretrainedConfig bookkeeping.
 HARMLESS = {
     "attn_mode", "fuse_norm", "fuse_swiglu", "fuse_cross_entropy", "fuse_linear_cross_entropy",
     "use_l2warp", "initializer_range", "use_cache", "max_position_embeddings", "conv_size",
@@ -69,8 +81,15 @@ def resolve_config(config_json: dict) -> dict:
                               "guessing what they change)")
     c = {**DEFAULTS, **config_json}
     kv_heads = c["num_kv_heads"]
+    conv = bool(c["use_short_conv"])
+    conv_size = c["conv_size"]
     refusals = {
-        "use_short_conv": bool(c["use_short_conv"]),
+        "conv_bias=True (short conv with a bias)": conv and bool(c.get("conv_bias")),
+        "share_conv_kernel=True (one short conv over the hidden states)":
+            conv and bool(c.get("share_conv_kernel")),
+        f"conv_size={conv_size!r} (short conv kernel must be an integer >= 2)":
+            conv and not (isinstance(conv_size, int) and not isinstance(conv_size, bool)
+                          and conv_size >= 2),
         "feature_map": c["feature_map"] is not None,
         "num_kv_heads != num_heads (grouped keys/values)": kv_heads not in (None, c["num_heads"]),
         "use_output_gate=False": not c["use_output_gate"],
@@ -95,6 +114,8 @@ def to_model_config(c: dict) -> ModelConfig:
             qk_dim=round(key_dim), v_dim=round(value_dim), ffn_dim=_intermediate_size(c),
             ffn_activation="swish", rotary="rope", rope_theta=10000.0, state_norm="none",
             head_norm="rms", head_norm_affine=bool(c["elementwise_affine"]),
+            short_conv=c["conv_size"] if c["use_short_conv"] else 0,
+            short_conv_activation="silu",
             norm_eps=c["norm_eps"], scale_embedding=False, embed_norm=False,
             tie_embeddings=bool(c["tie_word_embeddings"]),
             bos_token_id=c["bos_token_id"], eos_token_id=c["eos_token_id"],
@@ -136,6 +157,11 @@ def map_weights(c: dict, config: ModelConfig, w: dict[str, torch.Tensor]
         out["lm_head.weight"] = lm_head
     # fused_norm+swish gate is g_norm_swish_gate; the unfused path is g_norm: same math
     gate_norm = "g_norm_swish_gate" if c["fuse_norm"] else "g_norm"
+    if config.short_conv and not any("_conv1d." in k for k in w):
+        raise CheckpointError(
+            "fla config has use_short_conv=True but the weights hold no q/k/v_conv1d: fla's "
+            "RetNetBlock does not pass use_short_conv to its layers, so this model ran without "
+            "the convolution; set use_short_conv to false in config.json to convert it")
     for i in range(config.num_layers):
         src, dst = f"model.layers.{i}.", f"layers.{i}."
         names = {"attn_norm.weight": "attn_norm.weight", "mlp_norm.weight": "ffn_norm.weight",
@@ -150,11 +176,29 @@ def map_weights(c: dict, config: ModelConfig, w: dict[str, torch.Tensor]
         if up is None and gate is not None and gate.shape[0] == 2 * config.ffn_dim:
             gate, up = gate.chunk(2, dim=0)  # older fla: one gate_proj, chunk(2) -> gate, up
         out[dst + "ffn.gate_proj.weight"], out[dst + "ffn.up_proj.weight"] = gate, up
+        if config.short_conv:
+            out[dst + "attn.qkv_conv.weight"] = _qkv_conv(config, w, src + "attn.")
     missing = sorted(k for k, v in out.items() if v is None)
     if missing or w:
         raise CheckpointError(f"fla weights do not fit the config: missing (ours)={missing[:8]} "
                               f"unexpected={sorted(w)[:8]}")
     return out
+
+
+def _qkv_conv(config: ModelConfig, w: dict[str, torch.Tensor], prefix: str
+              ) -> torch.Tensor | None:
+    """fla's q/k/v_conv1d weights (popped from w) -> our qkv_conv weight [2*Dqk+Dv, 1, K]:
+    depthwise convs side by side are one depthwise conv over cat([q, k, v]). Shapes are checked
+    one by one: a wrong split could still add up to the right total."""
+    parts = [w.pop(f"{prefix}{p}_conv1d.weight", None) for p in "qkv"]
+    if any(t is None for t in parts):
+        return None  # reported as missing (ours)
+    for p, t, dim in zip("qkv", parts, (config.qk_dim, config.qk_dim, config.v_dim),
+                         strict=True):
+        if tuple(t.shape) != (dim, 1, config.short_conv):
+            raise CheckpointError(f"{prefix}{p}_conv1d.weight: {tuple(t.shape)} != "
+                                  f"{(dim, 1, config.short_conv)}")
+    return torch.cat(parts, dim=0)
 
 
 def convert_fla(src_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], list[Path]]:

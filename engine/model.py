@@ -55,6 +55,34 @@ class HeadNorm(nn.Module):
         return o.flatten(-2) * self.weight.to(o.dtype) + self.bias.to(o.dtype)
 
 
+class ShortConv(nn.Module):
+    """Causal depthwise convolution over time (fla's ShortConvolution), carried across calls.
+
+    The state is the last K-1 inputs per channel, so feeding a sequence in pieces (or one token
+    at a time) gives exactly the output of feeding it whole; a new conversation starts from zeros,
+    the same as left zero padding.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, activation: str):
+        super().__init__()
+        # nn.Conv1d layout [C, 1, K]; starts as the identity (current token only), so a model
+        # given a convolution computes what it computed without one until training moves it
+        weight = torch.zeros(channels, 1, kernel_size)
+        weight[:, :, -1] = 1.0
+        self.weight = nn.Parameter(weight)
+        self.activation = activation
+
+    def forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x: [B, T, C]; state: [B, C, K-1] or None (zeros) -> y [B, T, C], new state."""
+        width = self.weight.shape[-1] - 1
+        x = x.transpose(1, 2)
+        if state is None:
+            state = x.new_zeros(x.shape[0], x.shape[1], width)
+        window = torch.cat([state.to(x.dtype), x], dim=2)  # [B, C, K-1+T]
+        y = F.conv1d(window, self.weight.to(x.dtype), groups=x.shape[1]).transpose(1, 2)
+        return (F.silu(y) if self.activation == "silu" else y), window[:, :, -width:]
+
+
 class MultiScaleRetention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -66,34 +94,43 @@ class MultiScaleRetention(nn.Module):
         self.g_proj = nn.Linear(d, config.v_dim, bias=False)
         self.o_proj = nn.Linear(config.v_dim, d, bias=False)
         self.head_norm = HeadNorm(config)
+        self.qkv_conv = ShortConv(config.conv_channels, config.short_conv,
+                                  config.short_conv_activation) if config.short_conv else None
 
-    def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x: [B, T, D] -> q, k: [B, H, T, Dk], v: [B, H, T, Dv] in the accumulation dtype."""
+    def _qkv(self, x: Tensor, positions: Tensor, conv: Tensor | None
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x: [B, T, D] -> q, k: [B, H, T, Dk], v: [B, H, T, Dv] in the accumulation dtype,
+        and the short convolution's new state (None without one)."""
         c = self.config
         acc = _acc_dtype(x.dtype)
         b, t, _ = x.shape
         freq = inv_frequencies(c.head_qk_dim, c.rotary, c.rope_theta, x.device, acc)
-        q = self.q_proj(x).view(b, t, c.num_heads, c.head_qk_dim)
-        k = self.k_proj(x).view(b, t, c.num_heads, c.head_qk_dim) * c.head_qk_dim**-0.5
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qkv_conv is not None:
+            mixed, conv = self.qkv_conv(torch.cat([q, k, v], dim=-1), conv)
+            q, k, v = mixed.split([c.qk_dim, c.qk_dim, c.v_dim], dim=-1)
+        q = q.reshape(b, t, c.num_heads, c.head_qk_dim)
+        k = k.reshape(b, t, c.num_heads, c.head_qk_dim) * c.head_qk_dim**-0.5
         q, k = rotate(q, positions, freq, c.rotary), rotate(k, positions, freq, c.rotary)
-        v = self.v_proj(x).view(b, t, c.num_heads, c.head_v_dim).to(acc)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        v = v.reshape(b, t, c.num_heads, c.head_v_dim).to(acc)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), conv
 
     def _output(self, x: Tensor, o: Tensor) -> Tensor:
         """o: [B, H, T, Dv] -> swish(g) * norm(o) -> o_proj: [B, T, D]."""
         normed = self.head_norm(o.transpose(1, 2)).to(x.dtype)
         return self.o_proj(F.silu(self.g_proj(x)) * normed)
 
-    def forward(self, x: Tensor, state: Tensor | None, start: Tensor, mode: str
-                ) -> tuple[Tensor, Tensor | None]:
-        """x: [B, T, D]; state: [B, H, Dk, Dv] or None; start: [B] position of x[:, 0]."""
+    def forward(self, x: Tensor, state: Tensor | None, start: Tensor, mode: str,
+                conv: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """x: [B, T, D]; state: [B, H, Dk, Dv] or None; start: [B] position of x[:, 0];
+        conv: [B, C, K-1] or None -> output, new state, new conv state."""
         c = self.config
         positions = start[:, None] + torch.arange(x.shape[1], device=x.device)[None, :]
-        q, k, v = self._qkv(x, positions)
+        q, k, v, conv = self._qkv(x, positions, conv)
         log_gamma = retention.log_decay(c.num_heads, x.device, q.dtype)
         if mode == "parallel":
             o = retention.parallel_retention(q, k, v, log_gamma, c.state_norm)
-            return self._output(x, o), None
+            return self._output(x, o), None, conv
         if state is None:
             state = q.new_zeros(x.shape[0], c.num_heads, c.head_qk_dim, c.head_v_dim)
         state = state.to(q.dtype)
@@ -104,7 +141,7 @@ class MultiScaleRetention(nn.Module):
             o, state = retention.recurrent_retention(q[:, :, 0], k[:, :, 0], v[:, :, 0], state,
                                                      start, log_gamma, c.state_norm)
             o = o.unsqueeze(2)
-        return self._output(x, o), state
+        return self._output(x, o), state, conv
 
 
 class FeedForward(nn.Module):
@@ -129,11 +166,11 @@ class RetNetBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.ffn = FeedForward(config)
 
-    def forward(self, x: Tensor, state: Tensor | None, start: Tensor, mode: str
-                ) -> tuple[Tensor, Tensor | None]:
-        h, state = self.attn(self.attn_norm(x).to(x.dtype), state, start, mode)
+    def forward(self, x: Tensor, state: Tensor | None, start: Tensor, mode: str,
+                conv: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        h, state, conv = self.attn(self.attn_norm(x).to(x.dtype), state, start, mode, conv)
         x = x + h
-        return x + self.ffn(self.ffn_norm(x).to(x.dtype)), state
+        return x + self.ffn(self.ffn_norm(x).to(x.dtype)), state, conv
 
 
 class RetNet(nn.Module):
@@ -170,13 +207,16 @@ class RetNet(nn.Module):
         return F.linear(x, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(x)
 
     def _run(self, input_ids: Tensor, kv: Tensor | None, start: Tensor, mode: str,
-             return_logits: bool = True) -> tuple[Tensor | None, list[Tensor | None]]:
+             return_logits: bool = True, conv: Tensor | None = None
+             ) -> tuple[Tensor | None, list[Tensor | None], list[Tensor | None]]:
         x = self._embed(input_ids)
-        states = []
+        states, convs = [], []
         for i, layer in enumerate(self.layers):
-            x, s = layer(x, None if kv is None else kv[i], start, mode)
+            x, s, cs = layer(x, None if kv is None else kv[i], start, mode,
+                             None if conv is None else conv[i])
             states.append(s)
-        return (self._logits(x) if return_logits else None), states
+            convs.append(cs)
+        return (self._logits(x) if return_logits else None), states, convs
 
     def forward_parallel(self, input_ids: Tensor) -> Tensor:
         """input_ids: [B, T] from position 0 -> logits [B, T, V]."""
@@ -191,21 +231,31 @@ class RetNet(nn.Module):
         positions) -> logits [B, T, V] (None if not asked for) and the state after the last
         token."""
         state = state or self.empty_state(input_ids.shape[0])
-        logits, states = self._run(input_ids, state.kv, state.num_tokens, "chunkwise",
-                                   return_logits)
+        logits, states, convs = self._run(input_ids, state.kv, state.num_tokens, "chunkwise",
+                                          return_logits, state.conv)
         kv = torch.stack(states).to(state.kv.dtype)
-        return logits, RetentionState(kv, state.num_tokens + input_ids.shape[1])
+        conv = torch.stack(convs).to(state.kv.dtype) if self.config.short_conv else None
+        return logits, RetentionState(kv, state.num_tokens + input_ids.shape[1], conv)
 
     def step(self, input_ids: Tensor, state: RetentionState) -> tuple[Tensor, RetentionState]:
         """Recurrent form: one token per row, input_ids [B] -> logits [B, V], new state."""
         new = state.clone()
-        return self.decode_step(input_ids, new.kv, new.num_tokens), new
+        return self.decode_step(input_ids, new.kv, new.num_tokens, new.conv), new
 
-    def decode_step(self, input_ids: Tensor, kv: Tensor, positions: Tensor) -> Tensor:
-        """The batched decode kernel: updates kv [L, B, H, Dk, Dv] and positions [B] in place."""
-        logits, states = self._run(input_ids[:, None], kv, positions, "recurrent")
+    def decode_step(self, input_ids: Tensor, kv: Tensor, positions: Tensor,
+                    conv: Tensor | None = None) -> Tensor:
+        """The batched decode kernel: updates kv [L, B, H, Dk, Dv], conv [L, B, C, K-1] (models
+        with a short convolution) and positions [B] in place."""
+        if (conv is None) != (not self.config.short_conv):
+            raise ValueError("decode_step: pass the conv state exactly when the model has a "
+                             "short convolution")
+        logits, states, convs = self._run(input_ids[:, None], kv, positions, "recurrent",
+                                          conv=conv)
         for i, s in enumerate(states):
             if s.data_ptr() != kv[i].data_ptr():  # recurrent_retention works in place
                 kv[i].copy_(s)
+        if conv is not None:
+            for i, cs in enumerate(convs):
+                conv[i].copy_(cs)
         positions += 1
         return logits[:, 0]

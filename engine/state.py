@@ -27,13 +27,28 @@ def dtype_from_name(name: str) -> torch.dtype:
 class RetentionState:
     kv: Tensor  # [L, B, H, Dk, Dv], normalised state S_n (see retention.py)
     num_tokens: Tensor  # [B] int64: tokens folded in so far; the next position per row
+    # [L, B, C, K-1]: the short convolution's last inputs (models with short_conv), else None
+    conv: Tensor | None = None
 
     @classmethod
     def empty(cls, config: ModelConfig, batch_size: int, device="cpu",
               dtype: torch.dtype = torch.float32) -> RetentionState:
         kv = torch.zeros(config.num_layers, batch_size, config.num_heads, config.head_qk_dim,
                          config.head_v_dim, device=device, dtype=dtype)
-        return cls(kv, torch.zeros(batch_size, dtype=torch.long, device=device))
+        conv = None
+        if config.short_conv:
+            conv = torch.zeros(config.num_layers, batch_size, config.conv_channels,
+                               config.conv_state_width, device=device, dtype=dtype)
+        return cls(kv, torch.zeros(batch_size, dtype=torch.long, device=device), conv)
+
+    @property
+    def tensors(self) -> list[Tensor]:
+        """The per-row tensors (batch on dim 1), in byte order."""
+        return [self.kv] if self.conv is None else [self.kv, self.conv]
+
+    def _map(self, fn, num_tokens: Tensor) -> RetentionState:
+        return RetentionState(fn(self.kv), num_tokens, None if self.conv is None
+                              else fn(self.conv))
 
     @property
     def batch_size(self) -> int:
@@ -41,46 +56,68 @@ class RetentionState:
 
     @property
     def row_nbytes(self) -> int:
-        return self.kv[:, 0].numel() * self.kv.element_size()
+        return sum(t[:, 0].numel() * t.element_size() for t in self.tensors)
 
     def clone(self) -> RetentionState:
-        return RetentionState(self.kv.clone(), self.num_tokens.clone())
+        return self._map(Tensor.clone, self.num_tokens.clone())
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> RetentionState:
-        return RetentionState(self.kv.to(device=device, dtype=dtype), self.num_tokens.to(device))
+        return self._map(lambda t: t.to(device=device, dtype=dtype), self.num_tokens.to(device))
 
     def select(self, rows: Tensor | list[int]) -> RetentionState:
         rows = torch.as_tensor(rows, device=self.kv.device, dtype=torch.long)
-        return RetentionState(self.kv.index_select(1, rows), self.num_tokens.index_select(0, rows))
+        return self._map(lambda t: t.index_select(1, rows), self.num_tokens.index_select(0, rows))
 
     def split(self) -> list[RetentionState]:
         return [self.select([i]) for i in range(self.batch_size)]
 
     @classmethod
     def stack(cls, rows: list[RetentionState]) -> RetentionState:
+        conv = None if rows[0].conv is None else torch.cat([r.conv for r in rows], dim=1)
         return cls(torch.cat([r.kv for r in rows], dim=1),
-                   torch.cat([r.num_tokens for r in rows], dim=0))
+                   torch.cat([r.num_tokens for r in rows], dim=0), conv)
 
     def tensor_spec(self) -> list[tuple[str, tuple[int, ...]]]:
         """Name and shape of each tensor in `to_bytes` (one row), for the store's header."""
-        _, _, heads, dk, dv = self.kv.shape
-        return [(f"layers.{i}.kv", (heads, dk, dv)) for i in range(self.kv.shape[0])]
+        spec = [(f"layers.{i}.kv", tuple(self.kv.shape[2:])) for i in range(self.kv.shape[0])]
+        if self.conv is not None:
+            spec += [(f"layers.{i}.conv", tuple(self.conv.shape[2:]))
+                     for i in range(self.conv.shape[0])]
+        return spec
 
     def to_bytes(self, dtype: torch.dtype | None = None) -> bytes:
-        """Raw bytes of a single-row state (layer-major, C order), optionally cast (fp16/bf16)."""
+        """Raw bytes of a single-row state (kv, then conv; layer-major, C order), optionally
+        cast (fp16/bf16)."""
         if self.batch_size != 1:
             raise ValueError("to_bytes takes a single-row state; use split() first")
-        kv = self.kv[:, 0].to(device="cpu", dtype=dtype or self.kv.dtype).contiguous()
-        return kv.view(torch.uint8).numpy().tobytes()
+        return b"".join(
+            t[:, 0].to(device="cpu", dtype=dtype or t.dtype).contiguous()
+            .view(torch.uint8).numpy().tobytes() for t in self.tensors)
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, config: ModelConfig, num_tokens: int,
                    dtype: torch.dtype = torch.float32, device="cpu",
                    out_dtype: torch.dtype = torch.float32) -> RetentionState:
-        shape = (config.num_layers, 1, config.num_heads, config.head_qk_dim, config.head_v_dim)
-        expected = config.state_numel * torch.finfo(dtype).bits // 8
-        if len(data) != expected:
-            raise ValueError(f"state bytes: expected {expected}, got {len(data)}")
-        kv = torch.frombuffer(bytearray(data), dtype=dtype).view(shape)
+        kv, conv = unpack_row(data, config, dtype)
         return cls(kv.to(device=device, dtype=out_dtype),
-                   torch.tensor([num_tokens], dtype=torch.long, device=device))
+                   torch.tensor([num_tokens], dtype=torch.long, device=device),
+                   None if conv is None else conv.to(device=device, dtype=out_dtype))
+
+
+def row_shapes(config: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Shapes [L, 1, ...] of one row's kv and conv tensors (conv None without short_conv)."""
+    kv = (config.num_layers, 1, config.num_heads, config.head_qk_dim, config.head_v_dim)
+    conv = (config.num_layers, 1, config.conv_channels, config.conv_state_width)
+    return kv, conv if config.short_conv else None
+
+
+def unpack_row(data: bytes | memoryview, config: ModelConfig, dtype: torch.dtype
+               ) -> tuple[Tensor, Tensor | None]:
+    """`to_bytes` output -> (kv [L, 1, H, Dk, Dv], conv [L, 1, C, K-1] or None), on the CPU."""
+    expected = config.state_numel * torch.finfo(dtype).bits // 8
+    if len(data) != expected:
+        raise ValueError(f"state bytes: expected {expected}, got {len(data)}")
+    flat = torch.frombuffer(bytearray(data), dtype=dtype)
+    kv_shape, conv_shape = row_shapes(config)
+    kv = flat[: config.kv_numel].view(kv_shape)
+    return kv, None if conv_shape is None else flat[config.kv_numel :].view(conv_shape)

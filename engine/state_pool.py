@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from engine.config import ModelConfig
-from engine.state import RetentionState
+from engine.state import RetentionState, unpack_row
 
 
 class StatePool:
@@ -33,6 +33,10 @@ class StatePool:
                  config.head_v_dim)
         # plain tensors (not inference tensors): callers may update views outside inference mode
         self.kv = torch.zeros(shape, device=device, dtype=dtype)  # [L, R, H, Dk, Dv]
+        self.conv = None  # [L, R, C, K-1] for models with a short convolution
+        if config.short_conv:
+            self.conv = torch.zeros(config.num_layers, self.num_rows, config.conv_channels,
+                                    config.conv_state_width, device=device, dtype=dtype)
         self.num_tokens = torch.zeros(self.num_rows, dtype=torch.long, device=device)
         self.free_slots: deque[int] = deque(range(num_slots))
         self._row = [0] * num_slots  # slot -> row, while allocated
@@ -45,7 +49,12 @@ class StatePool:
 
     @property
     def nbytes(self) -> int:
-        return self.kv.numel() * self.kv.element_size() + self.num_tokens.numel() * 8
+        return sum(t.numel() * t.element_size() for t in self._tensors) \
+            + self.num_tokens.numel() * 8
+
+    @property
+    def _tensors(self) -> list[Tensor]:
+        return [self.kv] if self.conv is None else [self.kv, self.conv]
 
     @property
     def num_free(self) -> int:
@@ -72,7 +81,8 @@ class StatePool:
         slot = self.free_slots.popleft()
         self._row[slot] = self.num_rows - 1 - len(self._parked)
         self._parked.append(slot)
-        self.kv[:, self._row[slot]].zero_()
+        for t in self._tensors:
+            t[:, self._row[slot]].zero_()
         self.num_tokens[self._row[slot]] = 0
         return slot
 
@@ -107,27 +117,36 @@ class StatePool:
             self._row[last] = new_row
 
     def _move(self, src: int, dst: int) -> None:
-        self.kv[:, dst].copy_(self.kv[:, src])
+        for t in self._tensors:
+            t[:, dst].copy_(t[:, src])
         self.num_tokens[dst : dst + 1].copy_(self.num_tokens[src : src + 1])
 
-    def decode_batch(self, num_rows: int) -> tuple[Tensor, Tensor]:
-        """Views kv [L, num_rows, H, Dk, Dv] and positions [num_rows] for the decode step:
-        the decoding slots, then free padding rows."""
-        return self.kv[:, :num_rows], self.num_tokens[:num_rows]
+    def rows(self, begin: int, end: int) -> RetentionState:
+        """A view of rows [begin, end): writes to it are writes to the pool."""
+        conv = None if self.conv is None else self.conv[:, begin:end]
+        return RetentionState(self.kv[:, begin:end], self.num_tokens[begin:end], conv)
+
+    def decode_batch(self, num_rows: int) -> RetentionState:
+        """A view of the decode step's rows, updated in place by it: the decoding slots, then
+        free padding rows."""
+        return self.rows(0, num_rows)
 
     def state(self, slot: int) -> RetentionState:
         """A one-row view of the slot's state (read it, then `write` the next one)."""
         row = self._row[slot]
-        return RetentionState(self.kv[:, row : row + 1], self.num_tokens[row : row + 1])
+        return self.rows(row, row + 1)
 
     @torch.inference_mode()
     def write(self, slot: int, state: RetentionState) -> None:
         """Copies a one-row state (any dtype or device) into the slot."""
-        if state.batch_size != 1 or state.kv[:, 0].shape != self.kv[:, 0].shape:
-            raise ValueError(f"state of shape {tuple(state.kv.shape)} does not fit this pool "
-                             f"(one row of {tuple(self.kv[:, 0].shape)})")
+        ours = [tuple(t[:, 0].shape) for t in self._tensors]
+        theirs = [tuple(t[:, 0].shape) for t in state.tensors]
+        if state.batch_size != 1 or ours != theirs:
+            raise ValueError(f"state of shapes {[tuple(t.shape) for t in state.tensors]} does "
+                             f"not fit this pool (one row of {ours})")
         row = self._row[slot]
-        self.kv[:, row].copy_(state.kv[:, 0])
+        for mine, given in zip(self._tensors, state.tensors, strict=True):
+            mine[:, row].copy_(given[:, 0])
         self.num_tokens[row : row + 1].copy_(state.num_tokens)
 
     load = write
@@ -136,16 +155,11 @@ class StatePool:
     def load_bytes(self, slot: int, data: bytes | memoryview, num_tokens: int,
                    dtype: torch.dtype = torch.float32) -> None:
         """Fills the slot from `RetentionState.to_bytes` output."""
-        row_shape = self.kv[:, 0].shape
-        expected = self.config.state_numel * torch.finfo(dtype).bits // 8
-        if len(data) != expected:
-            raise ValueError(f"state bytes: expected {expected}, got {len(data)}")
         row = self._row[slot]
-        self.kv[:, row].copy_(torch.frombuffer(bytearray(data), dtype=dtype).view(row_shape))
+        for mine, given in zip(self._tensors, unpack_row(data, self.config, dtype), strict=False):
+            mine[:, row].copy_(given[:, 0])
         self.num_tokens[row] = num_tokens
 
     def export(self, slot: int, device="cpu") -> RetentionState:
         """A copy of the slot's state (a one-row RetentionState) that outlives the slot."""
-        row = self._row[slot]
-        return RetentionState(self.kv[:, row : row + 1].to(device, copy=True),
-                              self.num_tokens[row : row + 1].to(device, copy=True))
+        return self.state(slot).to(device).clone()

@@ -55,6 +55,13 @@ class TrainArgs:
     v_dim: int = 512
     ffn_dim: int = 768
     chunk_size: int = 64
+    # causal conv of this kernel over q/k/v (0 = none): keys that see the previous tokens are
+    # what copying a never-seen value rests on (a key "after A" retrieves the piece after A)
+    short_conv: int = 4
+    short_conv_activation: str = "none"  # "none" keeps an identity-initialised conv exact
+    # start from this native checkpoint's weights and tokenizer instead of a random init
+    # (parameters it lacks, such as a newly added short conv, keep their init); "" = scratch
+    init_from: str = ""
     # upper bound; the model takes the tokenizer's actual size. Small on purpose: rare words
     # (held-out values) split into short pieces that copy more consistently.
     vocab_size: int = 2048
@@ -68,6 +75,9 @@ class TrainArgs:
     # dense chats: several facts told and asked (often more than once) between fillers, so a
     # row holds many retrievals instead of one; the signal that teaches recall per token spent
     num_dense: int = 16000
+    # echo chats: repeat a quoted string of invented words. The densest copy signal there is
+    # (every reply token is a copy), which is what grows the previous-token keys of the conv
+    num_echo: int = 0
     # weight of the loss on every other token (user turns, template). 0 = replies only. A
     # little of it trains copying much faster: user turns repeat (the same questions, told
     # values asked back), and predicting repeats is how induction-style copying is learned.
@@ -92,13 +102,18 @@ class TrainArgs:
             vocab_size=vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
             num_heads=self.num_heads, qk_dim=self.qk_dim, v_dim=self.v_dim, ffn_dim=self.ffn_dim,
             chunk_size=self.chunk_size, tie_embeddings=True,  # 1M fewer params: fits 25 MB
+            short_conv=self.short_conv, short_conv_activation=self.short_conv_activation,
         )
 
 
 # --- data ----------------------------------------------------------------------------------
 
-_CONSONANTS = "bcdfghjklmnprstvz"
-_VOWELS = "aeiou"
+# Syllables for invented words: varied onsets, nuclei and codas, so invented words split into
+# many different tokenizer pieces (as unseen real words do), not a few CV patterns to imitate.
+_ONSETS = ("b bl br c ch cl cr d dr f fl fr g gl gr h j k l m n p pl pr qu r s sc sh sk sl sm "
+           "sn sp st sw t th tr v w y z").split()
+_NUCLEI = "a e i o u a e i o u ai ea ee ie oa oo ou au y".split()
+_CODAS = [""] * 12 + "n r s t l m ng ck w x nd st".split()
 _HELDOUT = {v.lower() for pool in POOLS.values() for v in pool["heldout"]}
 
 
@@ -112,8 +127,8 @@ def _invented_value(rng: random.Random, kind: str) -> str:
         if kind == "number":
             value = str(rng.randint(10, 9999))
         else:
-            value = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS)
-                            for _ in range(rng.randint(2, 3)))
+            value = "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS)
+                            for _ in range(rng.choice((1, 2, 2, 2, 3))))
             if kind in ("name", "city", "pet"):
                 value = value.capitalize()
         if value.lower() not in _HELDOUT:
@@ -138,8 +153,26 @@ def build_conversations(args: TrainArgs) -> list[list[dict]]:
                 messages[0]["content"] = messages[0]["content"].replace(answer, new)
                 answer = new
             recall.append(messages + [{"role": "assistant", "content": answer}])
-    out = chats + recall[: args.num_recall] + dense_conversations(args)
+    out = chats + recall[: args.num_recall] + dense_conversations(args) \
+        + echo_conversations(args)
     rng.shuffle(out)
+    return out
+
+
+def echo_conversations(args: TrainArgs) -> list[list[dict]]:
+    """Chats of 1-3 requests to repeat 1-4 invented words (chat_data's echo phrasings)."""
+    rng = random.Random(f"retserve-train-echo:{args.seed}")
+    prompts = ('Repeat after me: "{p}"', 'Say "{p}".', 'Please echo "{p}".')
+    out = []
+    for _ in range(args.num_echo):
+        messages: list[dict] = []
+        for _ in range(rng.randint(1, 3)):
+            words = [_invented_value(rng, rng.choice(("name", "food", "number")))
+                     for _ in range(rng.randint(1, 4))]
+            phrase = " ".join(words)
+            messages += [{"role": "user", "content": rng.choice(prompts).format(p=phrase)},
+                         {"role": "assistant", "content": phrase}]
+        out.append(messages)
     return out
 
 
@@ -323,9 +356,22 @@ def init_model(config: ModelConfig, seed: int) -> RetNet:
     return model
 
 
+def load_initial_weights(model: RetNet, path: Path) -> None:
+    """Weights of a native checkpoint of the same shape; only new short-conv taps may be
+    missing from it (they keep their identity init, so the start computes what it computed)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(not k.endswith("qkv_conv.weight") for k in missing):
+        raise ValueError(f"{path} does not fit this model: missing {missing}, "
+                         f"unexpected {unexpected}")
+
+
 def make_optimizer(model: RetNet, args: TrainArgs) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; not norms or biases
-    rest = [p for p in model.parameters() if p.dim() < 2]
+    # matrices only: not norms, biases or the short conv's few taps
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    rest = [p for p in model.parameters() if p.dim() != 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                               {"params": rest, "weight_decay": 0.0}],
                              lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
@@ -356,7 +402,8 @@ def masked_loss(model: RetNet, ids: torch.Tensor, weights: torch.Tensor) -> torc
 @torch.no_grad()
 def teacher_forced_recall(model: RetNet, tok: Tokenizer, n: int = 16, seed: int = 7
                           ) -> dict[str, float]:
-    """Share of held-out probes whose answer tokens are all argmax given the true prefix."""
+    """Share of held-out probes whose answer (the last reply and its end-of-turn token) is all
+    argmax given the true prefix. Earlier replies are context, not scored."""
     model.eval()
     out = {}
     for k in (1, 2, 4, 8):
@@ -364,6 +411,10 @@ def teacher_forced_recall(model: RetNet, tok: Tokenizer, n: int = 16, seed: int 
         for probe in recall_probes(n, k, seed=seed):
             chat = probe["messages"] + [{"role": "assistant", "content": probe["answer"]}]
             ids, mask = encode_with_mask(tok, chat)
+            start = max(i for i, m in enumerate(mask) if m)  # back to the last reply's start
+            while mask[start - 1]:
+                start -= 1
+            mask = [m and i >= start for i, m in enumerate(mask)]
             ids, mask = torch.tensor([ids]), torch.tensor(mask)
             pred = model.forward_parallel(ids[:, :-1])[0].argmax(-1)
             hits += bool((pred[mask[1:]] == ids[0, 1:][mask[1:]]).all())
@@ -393,10 +444,16 @@ def train(args: TrainArgs, *, resume: bool = False, stop_at: int | None = None,
     saved = torch.load(state_path, weights_only=False) if resume and state_path.is_file() else None
     if not saved:  # a fresh run must not pick up an older run's tokenizer
         shutil.rmtree(ckpt_dir / "tokenizer", ignore_errors=True)
+        if args.init_from:  # the initial weights only make sense with their own vocabulary
+            (ckpt_dir / "tokenizer").mkdir()
+            for name in TOKENIZER_FILES:
+                shutil.copy(Path(args.init_from) / name, ckpt_dir / "tokenizer" / name)
 
     t0 = time.perf_counter()
     tok, data = prepare_data(args, ckpt_dir / "tokenizer")
     model = init_model(args.model_config(tok.vocab_size), args.seed)
+    if args.init_from and not saved:
+        load_initial_weights(model, Path(args.init_from))
     optimizer = make_optimizer(model, args)
     step, log = 0, {"losses": [], "evals": [], "train_seconds": 0.0}
     if saved:

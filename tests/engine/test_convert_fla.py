@@ -4,7 +4,9 @@ The test writes its own fla-layout checkpoint (config.json with fla's field name
 with fla's keys, a tiny tokenizer): nothing is downloaded. The reference below is fla's math
 written out directly from fla/models/retnet + fla/layers/multiscale_retention.py, sharing no
 code with engine/: rotate-half RoPE, an explicit recurrence without normalisation and with q
-scaled by head_k_dim**-0.5, a per-head RMSNorm with weight, swish gate, SwiGLU mlp.
+scaled by head_k_dim**-0.5, a per-head RMSNorm with weight, swish gate, SwiGLU mlp; with
+use_short_conv, three separate causal depthwise convs (q_conv1d, k_conv1d, v_conv1d: left zero
+padding conv_size - 1, SiLU after, fla/modules/convolution.py) on the projections before rotary.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def fla_weights(c: dict, old_mlp: bool = False, seed: int = 0) -> dict[str, torc
     vocab, hid = c["vocab_size"], c["hidden_size"]
     dk, dv = int(hid * c["expand_k"]), int(hid * c["expand_v"])
     f, heads = _ffn_dim(c), c["num_heads"]
+    conv_size = c.get("conv_size", 4)
 
     def rnd(*shape, scale=None):
         return torch.randn(*shape, generator=g) * (scale or shape[-1] ** -0.5)
@@ -62,6 +65,9 @@ def fla_weights(c: dict, old_mlp: bool = False, seed: int = 0) -> dict[str, torc
               p + "attn.o_proj.weight": rnd(hid, dv), p + "mlp.down_proj.weight": rnd(hid, f)}
         if c["elementwise_affine"]:
             w[p + f"attn.{gate_norm}.weight"] = norm(dv // heads)
+        if c.get("use_short_conv"):  # taps of size ~0.5 everywhere: every shift shows
+            for name, dim in (("q", dk), ("k", dk), ("v", dv)):
+                w[p + f"attn.{name}_conv1d.weight"] = rnd(dim, 1, conv_size, scale=0.5)
         if old_mlp:  # older fla RetNetMLP: gate_proj holds [gate; up]
             w[p + "mlp.gate_proj.weight"] = rnd(2 * f, hid)
         else:
@@ -95,6 +101,13 @@ def write_fla_dir(path, overrides=None, *, old_mlp=False, shards=1, weights=None
     return c, w
 
 
+def causal_conv_silu(x, weight):
+    """fla ShortConvolution, written out: x [B, T, C], weight [C, 1, K] -> silu(causal conv)."""
+    k = weight.shape[-1]
+    y = F.conv1d(F.pad(x.transpose(1, 2), (k - 1, 0)), weight, groups=x.shape[-1])
+    return F.silu(y.transpose(1, 2))
+
+
 def rms(x, weight, eps):
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     return x if weight is None else x * weight
@@ -120,9 +133,13 @@ def fla_reference_logits(c: dict, w: dict, tokens: torch.Tensor, old_mlp=False) 
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = rms(x, w[p + "attn_norm.weight"], eps)
-        q = rope((h @ w[p + "attn.q_proj.weight"].T).view(b, t, heads, dk)) * dk**-0.5
-        k = rope((h @ w[p + "attn.k_proj.weight"].T).view(b, t, heads, dk))
-        v = (h @ w[p + "attn.v_proj.weight"].T).view(b, t, heads, dv)
+        q, k, v = (h @ w[p + f"attn.{n}_proj.weight"].T for n in "qkv")
+        if c.get("use_short_conv"):
+            q, k, v = (causal_conv_silu(y, w[p + f"attn.{n}_conv1d.weight"])
+                       for n, y in zip("qkv", (q, k, v), strict=True))
+        q = rope(q.view(b, t, heads, dk)) * dk**-0.5
+        k = rope(k.view(b, t, heads, dk))
+        v = v.view(b, t, heads, dv)
         state, outs = torch.zeros(b, heads, dk, dv), []
         for s in range(t):  # S_t = gamma S_{t-1} + k_t^T v_t ; o_t = q_t S_t
             state = gamma[None, :, None, None] * state + k[:, s, :, :, None] * v[:, s, :, None, :]
@@ -148,6 +165,10 @@ CASES = {
                                   dict(old_mlp=True)),
     "rounded-intermediate-sharded": (dict(intermediate_size=None, hidden_ratio=2),
                                      dict(shards=3)),
+    "short-conv-default-size": (dict(use_short_conv=True), {}),
+    "short-conv-k2-tied-unfused-sharded": (dict(use_short_conv=True, conv_size=2,
+                                                tie_word_embeddings=True, fuse_norm=False,
+                                                expand_k=0.5, num_heads=4), dict(shards=2)),
 }
 
 
@@ -166,6 +187,31 @@ def test_matches_fla_math(tmp_path, name):
     assert ref.abs().max() > 0.5
     for ours in all_forms(model, tokens):
         assert (ours - ref).abs().max().item() <= TOL
+    if c.get("use_short_conv"):
+        assert (config.short_conv, config.short_conv_activation) == (c.get("conv_size", 4),
+                                                                      "silu")
+        without = fla_reference_logits({**c, "use_short_conv": False}, w, tokens)
+        assert (without - ref).abs().max() > 0.1  # the conv is visible in the logits
+
+
+def test_short_conv_weights_and_forms(tmp_path):
+    c, w = write_fla_dir(tmp_path / "fla", dict(use_short_conv=True, conv_size=3))
+    config, sd, _ = convert_fla(tmp_path / "fla")
+    assert config.conv_channels == 32 + 32 + 64
+    for i in range(2):
+        p = f"model.layers.{i}.attn."
+        assert torch.equal(sd[f"layers.{i}.attn.qkv_conv.weight"], torch.cat(
+            [w[p + "q_conv1d.weight"], w[p + "k_conv1d.weight"], w[p + "v_conv1d.weight"]]))
+    model = build_model(config, sd)
+    tokens = torch.randint(0, 50, (3, 21), generator=torch.Generator().manual_seed(5))
+    parallel, steps, prefill = all_forms(model, tokens)
+    assert (parallel - steps).abs().max().item() <= TOL
+    assert (parallel - prefill).abs().max().item() <= TOL
+    with torch.no_grad():  # prefill in pieces carries the conv state across calls
+        first, state = model.prefill(tokens[:, :2])  # shorter than the kernel
+        rest, _ = model.prefill(tokens[:, 2:], state)
+    assert (torch.cat([first, rest], 1) - parallel).abs().max().item() <= TOL
+    assert (parallel - fla_reference_logits(c, w, tokens)).abs().max().item() <= TOL
 
 
 def test_round_trip_identical_logits(tmp_path):
@@ -191,7 +237,9 @@ def _refuse(tmp_path, overrides=None, weights_edit=None, message=""):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(use_short_conv=True), "use_short_conv"),
+    (dict(use_short_conv=True, conv_bias=True), "conv_bias"),
+    (dict(use_short_conv=True, share_conv_kernel=True), "share_conv_kernel"),
+    (dict(use_short_conv=True, conv_size=1), "conv_size"),
     (dict(feature_map="relu"), "feature_map"),
     (dict(num_kv_heads=1), "num_kv_heads"),
     (dict(use_output_gate=False), "use_output_gate"),
@@ -203,6 +251,34 @@ def _refuse(tmp_path, overrides=None, weights_edit=None, message=""):
 ])
 def test_refuses_config(tmp_path, overrides, message):
     _refuse(tmp_path, overrides, message=message)
+
+
+def test_conv_options_harmless_without_short_conv(tmp_path):
+    write_fla_dir(tmp_path / "fla", dict(conv_bias=True, share_conv_kernel=True, conv_size=1))
+    assert convert_fla(tmp_path / "fla")[0].short_conv == 0
+
+
+def test_refuses_bad_conv_weights(tmp_path):
+    conv = dict(use_short_conv=True)
+    # stock fla: RetNetBlock drops use_short_conv, so the checkpoint has no convs
+    _refuse(tmp_path / "a", conv, weights_edit=lambda w: [w.pop(k) for k in list(w)
+                                                          if "_conv1d." in k],
+            message="RetNetBlock does not pass use_short_conv")
+    _refuse(tmp_path / "b", conv,
+            weights_edit=lambda w: w.pop("model.layers.1.attn.v_conv1d.weight"),
+            message=r"missing \(ours\)=\['layers.1.attn.qkv_conv.weight'\]")
+    _refuse(tmp_path / "c", conv,  # q and v swapped: the total still adds up
+            weights_edit=lambda w: w.update({
+                "model.layers.0.attn.q_conv1d.weight": w["model.layers.0.attn.v_conv1d.weight"],
+                "model.layers.0.attn.v_conv1d.weight": w["model.layers.0.attn.q_conv1d.weight"]}),
+            message=r"q_conv1d.weight: \(64, 1, 4\) != \(32, 1, 4\)")
+    _refuse(tmp_path / "d", conv,
+            weights_edit=lambda w: w.update({"model.layers.0.attn.q_conv1d.bias": torch.zeros(32)}),
+            message=r"unexpected=\['model.layers.0.attn.q_conv1d.bias'\]")
+    _refuse(tmp_path / "e",  # conv weights while the config says no conv
+            weights_edit=lambda w: w.update({"model.layers.0.attn.q_conv1d.weight":
+                                             torch.zeros(32, 1, 4)}),
+            message=r"unexpected=\['model.layers.0.attn.q_conv1d.weight'\]")
 
 
 def test_refuses_bad_weights(tmp_path):
@@ -228,8 +304,8 @@ def test_cli(tmp_path, capsys):
     assert load_model(out).config.vocab_size == 50
     assert "bfloat16" in capsys.readouterr().out
 
-    write_fla_dir(tmp_path / "bad", dict(use_short_conv=True))
+    write_fla_dir(tmp_path / "bad", dict(feature_map="relu"))
     assert cli_main(["convert", "fla", "--src", str(tmp_path / "bad"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("retserve convert: refused:") and "use_short_conv" in err
+    assert err.startswith("retserve convert: refused:") and "feature_map" in err
     assert len(err.splitlines()) == 1

@@ -15,6 +15,9 @@ VARIANTS = {
     "fla": dict(rotary="rope", state_norm="none", head_norm="rms", head_norm_affine=True,
                 norm_eps=1e-5),
     "groupnorm": dict(head_norm="group", tie_embeddings=True),
+    # short convolution over q/k/v: its state must carry across chunks, pieces and steps too
+    "fla_conv": dict(rotary="rope", state_norm="none", head_norm_affine=True, short_conv=4),
+    "conv_linear": dict(short_conv=3, short_conv_activation="none"),
 }
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}
 
@@ -26,7 +29,7 @@ def make_model(variant: str, dtype: torch.dtype, chunk_size: int = 8, seed: int 
     model = RetNet(config)
     with torch.no_grad():  # larger than default init so the decays and norms actually matter
         for p in model.parameters():
-            if p.dim() == 2:
+            if p.dim() >= 2:  # matrices and conv kernels
                 p.normal_(0, 0.3)
     return model.to(dtype).eval()
 
@@ -60,6 +63,8 @@ def test_forms_agree_at_every_length(variant, dtype, chunk_size):
             assert max_diff(parallel, chunkwise) < TOLERANCE[dtype], length
             assert max_diff(parallel, recurrent) < TOLERANCE[dtype], length
             assert max_diff(state.kv, rec_state.kv) < TOLERANCE[dtype] * 10, length
+            if model.config.short_conv:
+                assert max_diff(state.conv, rec_state.conv) < TOLERANCE[dtype], length
             assert state.num_tokens.tolist() == [length, length]
 
 
@@ -81,8 +86,9 @@ def test_prefill_resumes_from_a_state_saved_at_any_offset(variant, dtype):
             assert max_diff(step_logits, reference[:, offset]) < TOLERANCE[dtype], offset
 
 
-def test_batched_step_carries_one_position_per_row():
-    model = make_model("torchscale", torch.float64)
+@pytest.mark.parametrize("variant", ["torchscale", "fla_conv"])
+def test_batched_step_carries_one_position_per_row(variant):
+    model = make_model(variant, torch.float64)
     prompts = [torch.randint(0, 101, (1, n)) for n in (1, 5, 12, 30)]
     with torch.no_grad():
         rows = [model.prefill(p)[1] for p in prompts]
@@ -93,11 +99,13 @@ def test_batched_step_carries_one_position_per_row():
         for i, row in enumerate(rows):
             alone, alone_state = model.step(next_ids[i:i + 1], row)
             assert max_diff(logits[i:i + 1], alone) < 1e-12
-            assert max_diff(stepped.select([i]).kv, alone_state.kv) < 1e-12
+            for got, want in zip(stepped.select([i]).tensors, alone_state.tensors, strict=True):
+                assert max_diff(got, want) < 1e-12
 
 
-def test_batched_prefill_rows_at_different_offsets():
-    model = make_model("fla", torch.float64, chunk_size=4)
+@pytest.mark.parametrize("variant", ["fla", "fla_conv"])
+def test_batched_prefill_rows_at_different_offsets(variant):
+    model = make_model(variant, torch.float64, chunk_size=4)
     a, b = torch.randint(0, 101, (1, 9)), torch.randint(0, 101, (1, 3))
     tail = torch.randint(0, 101, (2, 6))
     with torch.no_grad():
@@ -109,8 +117,9 @@ def test_batched_prefill_rows_at_different_offsets():
     assert max_diff(together[1:], alone_b) < 1e-9
 
 
-def test_state_size_is_fixed_by_the_config_not_the_length():
-    model = make_model("torchscale", torch.float32)
+@pytest.mark.parametrize("variant", ["torchscale", "conv_linear"])
+def test_state_size_is_fixed_by_the_config_not_the_length(variant):
+    model = make_model(variant, torch.float32)
     with torch.no_grad():
         short = model.prefill(torch.randint(0, 101, (1, 3)))[1]
         long = model.prefill(torch.randint(0, 101, (1, 300)))[1]
@@ -118,31 +127,37 @@ def test_state_size_is_fixed_by_the_config_not_the_length():
     assert short.tensor_spec() == long.tensor_spec()
 
 
+@pytest.mark.parametrize("variant", ["torchscale", "fla_conv"])
 @pytest.mark.parametrize("store_dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_state_bytes_round_trip(store_dtype):
-    model = make_model("torchscale", torch.float32)
+def test_state_bytes_round_trip(store_dtype, variant):
+    model = make_model(variant, torch.float32)
     with torch.no_grad():
         _, state = model.prefill(torch.randint(0, 101, (1, 40)))
     data = state.to_bytes(store_dtype)
     back = RetentionState.from_bytes(data, model.config, 40, dtype=store_dtype)
     assert back.num_tokens.tolist() == [40]
-    if store_dtype == torch.float32:
-        assert torch.equal(back.kv, state.kv)
-    else:
-        # relative error of one rounding: 2**-8 for bf16, 2**-11 for fp16
-        assert max_diff(back.kv, state.kv) <= 2**-8 * state.kv.abs().max().item()
+    assert len(back.tensors) == len(state.tensors) == (2 if model.config.short_conv else 1)
+    for got, want in zip(back.tensors, state.tensors, strict=True):
+        if store_dtype == torch.float32:
+            assert torch.equal(got, want)
+        else:
+            # relative error of one rounding: 2**-8 for bf16, 2**-11 for fp16
+            assert max_diff(got, want) <= 2**-8 * want.abs().max().item()
     with pytest.raises(ValueError):
         RetentionState.from_bytes(data[:-2], model.config, 40, dtype=store_dtype)
 
 
-def test_split_and_stack_are_inverse():
-    model = make_model("fla", torch.float32)
+@pytest.mark.parametrize("variant", ["fla", "fla_conv"])
+def test_split_and_stack_are_inverse(variant):
+    model = make_model(variant, torch.float32)
     with torch.no_grad():
         _, state = model.prefill(torch.randint(0, 101, (3, 7)))
     rows = state.split()
     assert [r.batch_size for r in rows] == [1, 1, 1]
     again = RetentionState.stack(rows)
-    assert torch.equal(again.kv, state.kv) and torch.equal(again.num_tokens, state.num_tokens)
+    assert torch.equal(again.num_tokens, state.num_tokens)
+    for got, want in zip(again.tensors, state.tensors, strict=True):
+        assert torch.equal(got, want)
 
 
 def test_decays_stay_distinct_from_one_in_low_precision():

@@ -98,7 +98,8 @@ def test_decode_batch_is_a_view_the_step_updates_in_place():
     for s in slots:
         pool.load(s, random_state(s))
         pool.start_decoding(s)
-    kv, positions = pool.decode_batch(3)  # 2 rows + 1 padding
+    view = pool.decode_batch(3)  # 2 rows + 1 padding
+    kv, positions = view.kv, view.num_tokens
     assert kv.shape[1] == 3 and kv.data_ptr() == pool.kv.data_ptr()
     kv.mul_(2)
     positions += 1
