@@ -102,10 +102,23 @@ class StatePool:
         if row < len(self._decoding):
             return
         target = len(self._decoding)
-        self._move(row, target)
+        last = self._parked[-1]
+        if self._row[last] == target != row:
+            # every row is taken (a full pool, no padding): the target row holds the parked
+            # stack's last slot, so the two trade rows through a copy instead of overwriting it
+            saved = [t[:, row].clone() for t in self._tensors], self.num_tokens[row].clone()
+            self._move(target, row)
+            self._row[last] = row
+            self._parked[self.num_rows - 1 - row] = last
+            for t, data in zip(self._tensors, saved[0], strict=True):
+                t[:, target].copy_(data)
+            self.num_tokens[target] = saved[1]
+            self._parked.pop()
+        else:
+            self._move(row, target)
+            self._remove(self._parked, slot, self.num_rows - 1 - row)
         self._row[slot] = target
         self._decoding.append(slot)
-        self._remove(self._parked, slot, self.num_rows - 1 - row)
 
     def _remove(self, stack: list[int], slot: int, index: int) -> None:
         """Drops stack[index] (== slot), filling the hole with the stack's last slot."""

@@ -78,6 +78,7 @@ class TrainArgs:
     # echo chats: repeat a quoted string of invented words. The densest copy signal there is
     # (every reply token is a copy), which is what grows the previous-token keys of the conv
     num_echo: int = 0
+    vowel_onset_share: float = 0.0  # invented words starting with a vowel (see _invented_value)
     # weight of the loss on every other token (user turns, template). 0 = replies only. A
     # little of it trains copying much faster: user turns repeat (the same questions, told
     # values asked back), and predicting repeats is how induction-style copying is learned.
@@ -117,11 +118,13 @@ _CODAS = [""] * 12 + "n r s t l m ng ck w x nd st".split()
 _HELDOUT = {v.lower() for pool in POOLS.values() for v in pool["heldout"]}
 
 
-def _invented_value(rng: random.Random, kind: str) -> str:
-    """A pronounceable non-word ("Tovira", "kesu", "4821") that is never a held-out value.
+def _invented_value(rng: random.Random, kind: str, vowel_onset_share: float = 0.0) -> str:
+    """A pronounceable non-word ("Blorn", "sneadoo", "4821") that is never a held-out value.
 
     The train pools hold only a few dozen values per kind, few enough to memorise; invented
     values force the model to copy whatever it was told, which is what held-out recall tests.
+    vowel_onset_share: words that start with a vowel ("Esme", "indigo" do); with none, a model
+    learns that a told value starts with a consonant and mangles the first piece of the others.
     """
     while True:
         if kind == "number":
@@ -129,6 +132,9 @@ def _invented_value(rng: random.Random, kind: str) -> str:
         else:
             value = "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS)
                             for _ in range(rng.choice((1, 2, 2, 2, 3))))
+            # (no draw at share 0: the same seed gives the same words as before this option)
+            if vowel_onset_share and rng.random() < vowel_onset_share:
+                value = value.lstrip("bcdfghjklmnpqrstvwxyz") or value
             if kind in ("name", "city", "pet"):
                 value = value.capitalize()
         if value.lower() not in _HELDOUT:
@@ -148,7 +154,7 @@ def build_conversations(args: TrainArgs) -> list[list[dict]]:
             messages = [dict(m) for m in probe["messages"]]
             answer = probe["answer"]
             if rng.random() < args.synthetic_share:
-                new = _invented_value(rng, probe["kind"])
+                new = _invented_value(rng, probe["kind"], args.vowel_onset_share)
                 # the fact is told in the first user message, the only place the value occurs
                 messages[0]["content"] = messages[0]["content"].replace(answer, new)
                 answer = new
@@ -167,7 +173,8 @@ def echo_conversations(args: TrainArgs) -> list[list[dict]]:
     for _ in range(args.num_echo):
         messages: list[dict] = []
         for _ in range(rng.randint(1, 3)):
-            words = [_invented_value(rng, rng.choice(("name", "food", "number")))
+            words = [_invented_value(rng, rng.choice(("name", "food", "number")),
+                                     args.vowel_onset_share)
                      for _ in range(rng.randint(1, 4))]
             phrase = " ".join(words)
             messages += [{"role": "user", "content": rng.choice(prompts).format(p=phrase)},
@@ -204,7 +211,7 @@ def dense_conversations(args: TrainArgs) -> list[list[dict]]:
                 value = probe["answer"]
                 tell = probe["messages"][0]["content"]
                 if rng.random() < args.synthetic_share:
-                    value = _invented_value(rng, probe["kind"])
+                    value = _invented_value(rng, probe["kind"], args.vowel_onset_share)
                     tell = tell.replace(probe["answer"], value)
                 told[probe["kind"]] = value
                 turn = (tell, probe["messages"][1]["content"])

@@ -1,5 +1,6 @@
 """StatePool: a fixed buffer of slots; decoding rows stay dense; states survive every move."""
 
+import dataclasses
 import random
 
 import pytest
@@ -13,10 +14,15 @@ CONFIG = ModelConfig(vocab_size=300, hidden_size=64, num_layers=2, num_heads=2, 
                      v_dim=128, ffn_dim=128)
 
 
-def random_state(seed: int, num_tokens: int = 5) -> RetentionState:
+CONV_CONFIG = dataclasses.replace(CONFIG, short_conv=4)
+
+
+def random_state(seed: int, num_tokens: int = 5, config: ModelConfig = CONFIG
+                 ) -> RetentionState:
     g = torch.Generator().manual_seed(seed)
     kv = torch.randn(2, 1, 2, 32, 64, generator=g)
-    return RetentionState(kv, torch.tensor([num_tokens]))
+    conv = torch.randn(2, 1, config.conv_channels, 3, generator=g) if config.short_conv else None
+    return RetentionState(kv, torch.tensor([num_tokens]), conv)
 
 
 def test_free_list_allocate_and_free():
@@ -64,16 +70,22 @@ def test_export_outlives_the_slot():
     assert torch.equal(out.kv, random_state(2).kv)
 
 
-def test_decoding_slots_are_dense_rows_and_states_follow_their_slot():
+@pytest.mark.parametrize("padding,config", [(3, CONFIG), (0, CONFIG), (0, CONV_CONFIG)],
+                         ids=["padding", "full-pool", "full-pool-conv"])
+def test_decoding_slots_are_dense_rows_and_states_follow_their_slot(padding, config):
+    """Random allocate / start decoding / free, often with every slot taken (with no padding
+    rows a full pool has no free row at all)."""
     rng = random.Random(0)
-    pool = StatePool(CONFIG, num_slots=12, num_padding_rows=3)
+    pool = StatePool(config, num_slots=12, num_padding_rows=padding)
     expected: dict[int, RetentionState] = {}
     data_ptr, nbytes = pool.kv.data_ptr(), pool.nbytes
-    for i in range(400):
+    full = 0
+    for i in range(600):
         op = rng.random()
-        if op < 0.4 and pool.can_allocate():
+        full += not pool.can_allocate()
+        if op < 0.45 and pool.can_allocate():
             slot = pool.allocate()
-            expected[slot] = random_state(i, num_tokens=i)
+            expected[slot] = random_state(i, num_tokens=i, config=config)
             pool.load(slot, expected[slot])
         elif op < 0.7 and expected:
             pool.start_decoding(rng.choice(list(expected)))
@@ -85,10 +97,13 @@ def test_decoding_slots_are_dense_rows_and_states_follow_their_slot():
         assert [pool.row(s) for s in pool.decoding_slots] == list(range(n))
         live_rows = {pool.row(s) for s in expected}
         assert len(live_rows) == len(expected)
-        assert not live_rows & set(range(n, n + 3))  # padding rows are always free
+        assert not live_rows & set(range(n, n + padding))  # padding rows are always free
         for slot, state in expected.items():
             out = pool.export(slot)
-            assert torch.equal(out.kv, state.kv) and torch.equal(out.num_tokens, state.num_tokens)
+            assert torch.equal(out.num_tokens, state.num_tokens)
+            for got, want in zip(out.tensors, state.tensors, strict=True):
+                assert torch.equal(got, want)
+    assert full > 50  # the full-pool moves were exercised
     assert pool.kv.data_ptr() == data_ptr and pool.nbytes == nbytes  # never reallocated
 
 

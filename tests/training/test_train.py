@@ -76,3 +76,43 @@ def test_resume_continues_identically(tmp_path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_init_from_a_checkpoint_without_a_conv_computes_the_same(tmp_path):
+    """Warm start: a model given a new short conv (identity taps, no activation) starts out
+    computing exactly what the checkpoint it was initialised from computed."""
+    plain = tiny_args(tmp_path / "a", short_conv=0, steps=5)
+    train(plain, progress=False)
+    warm = tiny_args(tmp_path / "b", init_from=plain.out_dir, short_conv=4, steps=0,
+                     short_conv_activation="none")
+    train(warm, progress=False)
+    before, after = load_model(plain.out_dir), load_model(warm.out_dir)
+    assert after.config.short_conv == 4 and before.config.short_conv == 0
+    assert (Path(warm.out_dir) / "tokenizer.json").read_text() == \
+        (Path(plain.out_dir) / "tokenizer.json").read_text()
+    ids = torch.randint(0, before.config.vocab_size, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(after.forward_parallel(ids), before.forward_parallel(ids))
+
+
+def test_invented_words_never_hit_held_out_values_and_can_start_with_a_vowel():
+    import random
+
+    from training.chat_data import POOLS
+    from training.train import _invented_value, echo_conversations
+
+    heldout = {v.lower() for pool in POOLS.values() for v in pool["heldout"]}
+    rng = random.Random(0)
+    words = [_invented_value(rng, "name", vowel_onset_share=0.3) for _ in range(2000)]
+    assert not {w.lower() for w in words} & heldout
+    vowel_share = sum(w[0] in "AEIOU" for w in words) / len(words)
+    assert 0.2 < vowel_share < 0.45
+    # share 0 draws nothing extra: the words of an older run are reproduced exactly
+    a = [_invented_value(random.Random(5), "food") for _ in range(50)]
+    b = [_invented_value(random.Random(5), "food", 0.0) for _ in range(50)]
+    assert a == b and all(w[0] not in "aeiou" for w in a)
+    chats = echo_conversations(tiny_args(Path("."), num_echo=30, vowel_onset_share=0.3))
+    assert len(chats) == 30
+    for chat in chats:
+        for user, reply in zip(chat[::2], chat[1::2], strict=True):
+            assert reply["role"] == "assistant" and f'"{reply["content"]}"' in user["content"]
