@@ -168,6 +168,7 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
         concurrency = fits
         config = dataclasses.replace(config, max_num_seqs=max(fits))
     model, source = make_model(name, config)
+    state_bytes = StatePool.row_nbytes(model.config)  # the loaded model's, not the estimate's
     engine = LLMEngine(model, config)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = copy_bandwidth(device)
