@@ -28,7 +28,7 @@ from engine.model import RetNet
 from engine.sampling import Sampler, SamplingParams, TokenLogprob
 from engine.scheduler import Scheduler, prefill_piece_size
 from engine.sequence import Request, RequestOutput, Sequence
-from engine.state import RetentionState, row_shapes
+from engine.state import RetentionState, state_shapes
 from engine.state_pool import StatePool
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class LLMEngine:
             return
         if not isinstance(state, RetentionState):
             raise InvalidRequestError("initial_state must be a RetentionState or bytes")
-        rows = [shape for shape in row_shapes(mc) if shape is not None]
+        rows = [shape for shape in state_shapes(mc) if shape is not None]
         given = [tuple(t.shape) for t in state.tensors]
         if given != rows or tuple(state.num_tokens.shape) != (1,):
             raise InvalidRequestError(f"initial state must be one row of shapes {rows}, "

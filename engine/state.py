@@ -33,12 +33,8 @@ class RetentionState:
     @classmethod
     def empty(cls, config: ModelConfig, batch_size: int, device="cpu",
               dtype: torch.dtype = torch.float32) -> RetentionState:
-        kv = torch.zeros(config.num_layers, batch_size, config.num_heads, config.head_qk_dim,
-                         config.head_v_dim, device=device, dtype=dtype)
-        conv = None
-        if config.short_conv:
-            conv = torch.zeros(config.num_layers, batch_size, config.conv_channels,
-                               config.conv_state_width, device=device, dtype=dtype)
+        kv, conv = (None if shape is None else torch.zeros(shape, device=device, dtype=dtype)
+                    for shape in state_shapes(config, batch_size))
         return cls(kv, torch.zeros(batch_size, dtype=torch.long, device=device), conv)
 
     @property
@@ -61,8 +57,10 @@ class RetentionState:
     def clone(self) -> RetentionState:
         return self._map(Tensor.clone, self.num_tokens.clone())
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> RetentionState:
-        return self._map(lambda t: t.to(device=device, dtype=dtype), self.num_tokens.to(device))
+    def to(self, device=None, dtype: torch.dtype | None = None, copy: bool = False
+           ) -> RetentionState:
+        return self._map(lambda t: t.to(device=device, dtype=dtype, copy=copy),
+                         self.num_tokens.to(device, copy=copy))
 
     def select(self, rows: Tensor | list[int]) -> RetentionState:
         rows = torch.as_tensor(rows, device=self.kv.device, dtype=torch.long)
@@ -104,10 +102,12 @@ class RetentionState:
                    None if conv is None else conv.to(device=device, dtype=out_dtype))
 
 
-def row_shapes(config: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """Shapes [L, 1, ...] of one row's kv and conv tensors (conv None without short_conv)."""
-    kv = (config.num_layers, 1, config.num_heads, config.head_qk_dim, config.head_v_dim)
-    conv = (config.num_layers, 1, config.conv_channels, config.conv_state_width)
+def state_shapes(config: ModelConfig, batch_size: int = 1
+                 ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Shapes of the kv [L, B, H, Dk, Dv] and conv [L, B, C, K-1] tensors of `batch_size` rows
+    (conv None without short_conv)."""
+    kv = (config.num_layers, batch_size, config.num_heads, config.head_qk_dim, config.head_v_dim)
+    conv = (config.num_layers, batch_size, config.conv_channels, config.conv_state_width)
     return kv, conv if config.short_conv else None
 
 
@@ -118,6 +118,6 @@ def unpack_row(data: bytes | memoryview, config: ModelConfig, dtype: torch.dtype
     if len(data) != expected:
         raise ValueError(f"state bytes: expected {expected}, got {len(data)}")
     flat = torch.frombuffer(bytearray(data), dtype=dtype)
-    kv_shape, conv_shape = row_shapes(config)
+    kv_shape, conv_shape = state_shapes(config)
     kv = flat[: config.kv_numel].view(kv_shape)
     return kv, None if conv_shape is None else flat[config.kv_numel :].view(conv_shape)

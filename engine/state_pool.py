@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections import deque
 
 import torch
-from torch import Tensor
 
 from engine.config import ModelConfig
 from engine.state import RetentionState, unpack_row
@@ -29,15 +28,12 @@ class StatePool:
         self.config = config
         self.num_slots = num_slots
         self.num_rows = num_slots + num_padding_rows
-        shape = (config.num_layers, self.num_rows, config.num_heads, config.head_qk_dim,
-                 config.head_v_dim)
         # plain tensors (not inference tensors): callers may update views outside inference mode
-        self.kv = torch.zeros(shape, device=device, dtype=dtype)  # [L, R, H, Dk, Dv]
-        self.conv = None  # [L, R, C, K-1] for models with a short convolution
-        if config.short_conv:
-            self.conv = torch.zeros(config.num_layers, self.num_rows, config.conv_channels,
-                                    config.conv_state_width, device=device, dtype=dtype)
-        self.num_tokens = torch.zeros(self.num_rows, dtype=torch.long, device=device)
+        buffers = RetentionState.empty(config, self.num_rows, device, dtype)
+        self.kv = buffers.kv  # [L, R, H, Dk, Dv]
+        self.conv = buffers.conv  # [L, R, C, K-1] for models with a short convolution, else None
+        self.num_tokens = buffers.num_tokens  # [R]
+        self._tensors = buffers.tensors  # the per-row tensors: kv (and conv)
         self.free_slots: deque[int] = deque(range(num_slots))
         self._row = [0] * num_slots  # slot -> row, while allocated
         self._decoding: list[int] = []  # slot at row i
@@ -51,10 +47,6 @@ class StatePool:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._tensors) \
             + self.num_tokens.numel() * 8
-
-    @property
-    def _tensors(self) -> list[Tensor]:
-        return [self.kv] if self.conv is None else [self.kv, self.conv]
 
     @property
     def num_free(self) -> int:
@@ -105,14 +97,10 @@ class StatePool:
         last = self._parked[-1]
         if self._row[last] == target != row:
             # every row is taken (a full pool, no padding): the target row holds the parked
-            # stack's last slot, so the two trade rows through a copy instead of overwriting it
-            saved = [t[:, row].clone() for t in self._tensors], self.num_tokens[row].clone()
-            self._move(target, row)
+            # stack's last slot, so the two trade rows instead of one overwriting the other
+            self._swap(row, target)
             self._row[last] = row
             self._parked[self.num_rows - 1 - row] = last
-            for t, data in zip(self._tensors, saved[0], strict=True):
-                t[:, target].copy_(data)
-            self.num_tokens[target] = saved[1]
             self._parked.pop()
         else:
             self._move(row, target)
@@ -133,6 +121,12 @@ class StatePool:
         for t in self._tensors:
             t[:, dst].copy_(t[:, src])
         self.num_tokens[dst : dst + 1].copy_(self.num_tokens[src : src + 1])
+
+    def _swap(self, a: int, b: int) -> None:
+        rows, swapped = [a, b], [b, a]  # the right side is gathered (a copy) before the write
+        for t in self._tensors:
+            t[:, rows] = t[:, swapped]
+        self.num_tokens[rows] = self.num_tokens[swapped]
 
     def rows(self, begin: int, end: int) -> RetentionState:
         """A view of rows [begin, end): writes to it are writes to the pool."""
@@ -175,4 +169,4 @@ class StatePool:
 
     def export(self, slot: int, device="cpu") -> RetentionState:
         """A copy of the slot's state (a one-row RetentionState) that outlives the slot."""
-        return self.state(slot).to(device).clone()
+        return self.state(slot).to(device, copy=True)
