@@ -78,7 +78,9 @@ class TrainArgs:
     # echo chats: repeat a quoted string of invented words. The densest copy signal there is
     # (every reply token is a copy), which is what grows the previous-token keys of the conv
     num_echo: int = 0
-    vowel_onset_share: float = 0.0  # invented words starting with a vowel (see _invented_value)
+    vowel_onset_share: float = 0.0  # invented words starting with a vowel (see InventedWords)
+    # invented words made of random tokenizer pieces rather than syllables (see InventedWords)
+    piece_word_share: float = 0.0
     # weight of the loss on every other token (user turns, template). 0 = replies only. A
     # little of it trains copying much faster: user turns repeat (the same questions, told
     # values asked back), and predicting repeats is how induction-style copying is learned.
@@ -116,32 +118,68 @@ _ONSETS = ("b bl br c ch cl cr d dr f fl fr g gl gr h j k l m n p pl pr qu r s s
 _NUCLEI = "a e i o u a e i o u ai ea ee ie oa oo ou au y".split()
 _CODAS = [""] * 12 + "n r s t l m ng ck w x nd st".split()
 _HELDOUT = {v.lower() for pool in POOLS.values() for v in pool["heldout"]}
+_CAPITALISED = ("name", "city", "pet")
 
 
-def _invented_value(rng: random.Random, kind: str, vowel_onset_share: float = 0.0) -> str:
-    """A pronounceable non-word ("Blorn", "sneadoo", "4821") that is never a held-out value.
+def word_pieces(tok: Tokenizer) -> tuple[str, ...]:
+    """The tokenizer's purely alphabetic tokens ("ell", "Ber", "q"), sorted."""
+    pieces = (tok.decode([i]) for i in range(tok.vocab_size))
+    return tuple(sorted(p for p in pieces if p.isascii() and p.isalpha()))
+
+
+@dataclass(frozen=True)
+class InventedWords:
+    """Makes values that are never held-out ones: pronounceable non-words ("Blorn", "sneadoo"),
+    words of random tokenizer pieces ("Berellq") and numbers ("4821").
 
     The train pools hold only a few dozen values per kind, few enough to memorise; invented
     values force the model to copy whatever it was told, which is what held-out recall tests.
     vowel_onset_share: words that start with a vowel ("Esme", "indigo" do); with none, a model
     learns that a told value starts with a consonant and mangles the first piece of the others.
+    piece_share: words of 2-4 pieces drawn uniformly from `pieces` (word_pieces of the run's
+    tokenizer). Syllable words exercise only the pieces syllables tokenize into; a piece never
+    copied in training is copied as another one (`Lu|c|ia` -> `Lucjum`, `pa|ell|a` -> `paAa`).
     """
-    while True:
-        if kind == "number":
-            value = str(rng.randint(10, 9999))
-        else:
-            value = "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS)
-                            for _ in range(rng.choice((1, 2, 2, 2, 3))))
-            # (no draw at share 0: the same seed gives the same words as before this option)
-            if vowel_onset_share and rng.random() < vowel_onset_share:
-                value = value.lstrip("bcdfghjklmnpqrstvwxyz") or value
-            if kind in ("name", "city", "pet"):
-                value = value.capitalize()
-        if value.lower() not in _HELDOUT:
-            return value
+
+    vowel_onset_share: float = 0.0
+    piece_share: float = 0.0
+    pieces: tuple[str, ...] = ()
+
+    def __call__(self, rng: random.Random, kind: str) -> str:
+        while True:
+            if kind == "number":
+                value = str(rng.randint(10, 9999))
+            elif self.piece_share and rng.random() < self.piece_share:
+                value = self._piece_word(rng, capitalised=kind in _CAPITALISED)
+            else:
+                value = "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS)
+                                for _ in range(rng.choice((1, 2, 2, 2, 3))))
+                # (no draw at share 0: the same seed gives the same words as before this option)
+                if self.vowel_onset_share and rng.random() < self.vowel_onset_share:
+                    value = value.lstrip("bcdfghjklmnpqrstvwxyz") or value
+                if kind in _CAPITALISED:
+                    value = value.capitalize()
+            if value.lower() not in _HELDOUT:
+                return value
+
+    def _piece_word(self, rng: random.Random, capitalised: bool) -> str:
+        if not self.pieces:
+            raise ValueError("piece words need the tokenizer's pieces")
+        lower = [p for p in self.pieces if p.islower()]
+        first = [p for p in self.pieces if p[0].isupper() and p[1:].islower()] if capitalised \
+            else lower
+        return rng.choice(first) + "".join(rng.choice(lower) for _ in range(rng.randint(1, 3)))
 
 
-def build_conversations(args: TrainArgs) -> list[list[dict]]:
+def invented_words(args: TrainArgs, tok: Tokenizer | None = None) -> InventedWords:
+    """The run's invented words; without a tokenizer (the text a new tokenizer is trained on)
+    no piece words, which are made of that tokenizer's pieces and would teach it nothing."""
+    if tok is None or not args.piece_word_share:
+        return InventedWords(args.vowel_onset_share)
+    return InventedWords(args.vowel_onset_share, args.piece_word_share, word_pieces(tok))
+
+
+def build_conversations(args: TrainArgs, invent: InventedWords) -> list[list[dict]]:
     """General chats plus recall chats (answer appended), interleaved deterministically."""
     chats = generate_conversations(args.num_chats, args.seed, split="train")
     rng = random.Random(f"retserve-train-mix:{args.seed}")
@@ -154,18 +192,18 @@ def build_conversations(args: TrainArgs) -> list[list[dict]]:
             messages = [dict(m) for m in probe["messages"]]
             answer = probe["answer"]
             if rng.random() < args.synthetic_share:
-                new = _invented_value(rng, probe["kind"], args.vowel_onset_share)
+                new = invent(rng, probe["kind"])
                 # the fact is told in the first user message, the only place the value occurs
                 messages[0]["content"] = messages[0]["content"].replace(answer, new)
                 answer = new
             recall.append(messages + [{"role": "assistant", "content": answer}])
-    out = chats + recall[: args.num_recall] + dense_conversations(args) \
-        + echo_conversations(args)
+    out = chats + recall[: args.num_recall] + dense_conversations(args, invent) \
+        + echo_conversations(args, invent)
     rng.shuffle(out)
     return out
 
 
-def echo_conversations(args: TrainArgs) -> list[list[dict]]:
+def echo_conversations(args: TrainArgs, invent: InventedWords) -> list[list[dict]]:
     """Chats of 1-3 requests to repeat 1-4 invented words (chat_data's echo phrasings)."""
     rng = random.Random(f"retserve-train-echo:{args.seed}")
     prompts = ('Repeat after me: "{p}"', 'Say "{p}".', 'Please echo "{p}".')
@@ -173,8 +211,7 @@ def echo_conversations(args: TrainArgs) -> list[list[dict]]:
     for _ in range(args.num_echo):
         messages: list[dict] = []
         for _ in range(rng.randint(1, 3)):
-            words = [_invented_value(rng, rng.choice(("name", "food", "number")),
-                                     args.vowel_onset_share)
+            words = [invent(rng, rng.choice(("name", "food", "number")))
                      for _ in range(rng.randint(1, 4))]
             phrase = " ".join(words)
             messages += [{"role": "user", "content": rng.choice(prompts).format(p=phrase)},
@@ -183,11 +220,11 @@ def echo_conversations(args: TrainArgs) -> list[list[dict]]:
     return out
 
 
-def dense_conversations(args: TrainArgs) -> list[list[dict]]:
+def dense_conversations(args: TrainArgs, invent: InventedWords) -> list[list[dict]]:
     """Chats of 2-5 facts told, asked and re-asked in a random order with fillers between.
 
     The pieces (tell, ack, ask, filler texts) come from chat_data's train-split recall probes,
-    so the phrasing is the evaluation's; half the values are invented (see _invented_value).
+    so the phrasing is the evaluation's; half the values are invented (see InventedWords).
     """
     if not args.num_dense:
         return []
@@ -211,7 +248,7 @@ def dense_conversations(args: TrainArgs) -> list[list[dict]]:
                 value = probe["answer"]
                 tell = probe["messages"][0]["content"]
                 if rng.random() < args.synthetic_share:
-                    value = _invented_value(rng, probe["kind"], args.vowel_onset_share)
+                    value = invent(rng, probe["kind"])
                     tell = tell.replace(probe["answer"], value)
                 told[probe["kind"]] = value
                 turn = (tell, probe["messages"][1]["content"])
@@ -338,10 +375,13 @@ def train_chat_tokenizer(out_dir: Path, conversations: list[list[dict]], vocab_s
 
 
 def prepare_data(args: TrainArgs, tokenizer_dir: Path) -> tuple[Tokenizer, Dataset]:
-    conversations = build_conversations(args)
+    conversations = None
     if not (tokenizer_dir / "tokenizer.json").is_file():  # resume reuses the run's tokenizer
+        conversations = build_conversations(args, invented_words(args))
         train_chat_tokenizer(tokenizer_dir, conversations, vocab_size=args.vocab_size)
     tok = Tokenizer.from_dir(tokenizer_dir)
+    if conversations is None or args.piece_word_share:  # piece words need the tokenizer
+        conversations = build_conversations(args, invented_words(args, tok))
     rows = [encode_with_mask(tok, c) for c in conversations]
     rows = [r for r in rows if len(r[0]) <= args.max_len]
     return tok, Dataset(rows, args.batch_size, args.seed, tok.eos_token_id or 0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 import torch
 
 from engine.checkpoint import load_model
@@ -99,20 +100,51 @@ def test_invented_words_never_hit_held_out_values_and_can_start_with_a_vowel():
     import random
 
     from training.chat_data import POOLS
-    from training.train import _invented_value, echo_conversations
+    from training.train import InventedWords, echo_conversations
 
     heldout = {v.lower() for pool in POOLS.values() for v in pool["heldout"]}
     rng = random.Random(0)
-    words = [_invented_value(rng, "name", vowel_onset_share=0.3) for _ in range(2000)]
+    invent = InventedWords(vowel_onset_share=0.3)
+    words = [invent(rng, "name") for _ in range(2000)]
     assert not {w.lower() for w in words} & heldout
     vowel_share = sum(w[0] in "AEIOU" for w in words) / len(words)
     assert 0.2 < vowel_share < 0.45
     # share 0 draws nothing extra: the words of an older run are reproduced exactly
-    a = [_invented_value(random.Random(5), "food") for _ in range(50)]
-    b = [_invented_value(random.Random(5), "food", 0.0) for _ in range(50)]
+    a = [InventedWords()(random.Random(5), "food") for _ in range(50)]
+    b = [InventedWords(0.0, 0.0)(random.Random(5), "food") for _ in range(50)]
     assert a == b and all(w[0] not in "aeiou" for w in a)
-    chats = echo_conversations(tiny_args(Path("."), num_echo=30, vowel_onset_share=0.3))
+    chats = echo_conversations(tiny_args(Path("."), num_echo=30, vowel_onset_share=0.3), invent)
     assert len(chats) == 30
     for chat in chats:
         for user, reply in zip(chat[::2], chat[1::2], strict=True):
             assert reply["role"] == "assistant" and f'"{reply["content"]}"' in user["content"]
+
+
+def test_piece_words_use_every_piece_of_the_tokenizer(tmp_path):
+    """Piece words are drawn from the run's own tokenizer, so each alphabetic token gets copied
+    in training; with a share of 1 nearly all of them turn up in a few thousand words."""
+    import random
+
+    from training.chat_data import POOLS
+    from training.train import InventedWords, build_conversations, invented_words, word_pieces
+
+    args = tiny_args(tmp_path, piece_word_share=1.0)
+    tok, _ = prepare_data(args, tmp_path / "tok")
+    pieces = word_pieces(tok)
+    assert pieces and all(p.isalpha() for p in pieces)
+    invent = invented_words(args, tok)
+    rng = random.Random(1)
+    names = [invent(rng, "name") for _ in range(3000)]
+    foods = [invent(rng, "food") for _ in range(3000)]
+    assert all(n[0].isupper() and n[1:].islower() for n in names)
+    assert all(f.islower() for f in foods)
+    heldout = {v.lower() for pool in POOLS.values() for v in pool["heldout"]}
+    assert not {w.lower() for w in names + foods} & heldout
+    used = {tok.decode([i]) for w in names + foods for i in tok.encode(w)}
+    assert len(used & set(pieces)) > 0.8 * len(pieces)
+    # the chats trained on hold piece words, and they are a function of the seed
+    again = build_conversations(args, invented_words(args, tok))
+    assert again == build_conversations(args, invented_words(args, tok))
+    assert invented_words(args) == InventedWords()  # what a new tokenizer is trained on
+    with pytest.raises(ValueError, match="pieces"):
+        InventedWords(piece_share=1.0)(rng, "food")
