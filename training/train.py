@@ -81,6 +81,8 @@ class TrainArgs:
     vowel_onset_share: float = 0.0  # invented words starting with a vowel (see InventedWords)
     # invented words made of random tokenizer pieces rather than syllables (see InventedWords)
     piece_word_share: float = 0.0
+    # invented numbers made of the tokenizer's digit tokens ("694" is one token, rarely copied)
+    number_piece_share: float = 0.0
     # weight of the loss on every other token (user turns, template). 0 = replies only. A
     # little of it trains copying much faster: user turns repeat (the same questions, told
     # values asked back), and predicting repeats is how induction-style copying is learned.
@@ -121,10 +123,12 @@ _HELDOUT = {v.lower() for pool in POOLS.values() for v in pool["heldout"]}
 _CAPITALISED = ("name", "city", "pet")
 
 
-def word_pieces(tok: Tokenizer) -> tuple[str, ...]:
-    """The tokenizer's purely alphabetic tokens ("ell", "Ber", "q"), sorted."""
+def word_pieces(tok: Tokenizer, digits: bool = False) -> tuple[str, ...]:
+    """The tokenizer's purely alphabetic tokens ("ell", "Ber", "q"), or its digit tokens
+    ("7", "694"), sorted."""
     pieces = (tok.decode([i]) for i in range(tok.vocab_size))
-    return tuple(sorted(p for p in pieces if p.isascii() and p.isalpha()))
+    keep = str.isdigit if digits else str.isalpha
+    return tuple(sorted(p for p in pieces if p.isascii() and keep(p)))
 
 
 @dataclass(frozen=True)
@@ -144,10 +148,17 @@ class InventedWords:
     vowel_onset_share: float = 0.0
     piece_share: float = 0.0
     pieces: tuple[str, ...] = ()
+    number_piece_share: float = 0.0  # numbers of 1-2 digit tokens, as piece_share for words
+    number_pieces: tuple[str, ...] = ()
 
     def __call__(self, rng: random.Random, kind: str) -> str:
         while True:
-            if kind == "number":
+            if kind == "number" and self.number_piece_share \
+                    and rng.random() < self.number_piece_share:
+                if not self.number_pieces:
+                    raise ValueError("piece numbers need the tokenizer's digit pieces")
+                value = "".join(rng.choice(self.number_pieces) for _ in range(rng.randint(1, 2)))
+            elif kind == "number":
                 value = str(rng.randint(10, 9999))
             elif self.piece_share and rng.random() < self.piece_share:
                 value = self._piece_word(rng, capitalised=kind in _CAPITALISED)
@@ -174,9 +185,12 @@ class InventedWords:
 def invented_words(args: TrainArgs, tok: Tokenizer | None = None) -> InventedWords:
     """The run's invented words; without a tokenizer (the text a new tokenizer is trained on)
     no piece words, which are made of that tokenizer's pieces and would teach it nothing."""
-    if tok is None or not args.piece_word_share:
+    if tok is None:
         return InventedWords(args.vowel_onset_share)
-    return InventedWords(args.vowel_onset_share, args.piece_word_share, word_pieces(tok))
+    words = word_pieces(tok) if args.piece_word_share else ()
+    numbers = word_pieces(tok, digits=True) if args.number_piece_share else ()
+    return InventedWords(args.vowel_onset_share, args.piece_word_share, words,
+                         args.number_piece_share, numbers)
 
 
 def build_conversations(args: TrainArgs, invent: InventedWords) -> list[list[dict]]:
@@ -380,7 +394,8 @@ def prepare_data(args: TrainArgs, tokenizer_dir: Path) -> tuple[Tokenizer, Datas
         conversations = build_conversations(args, invented_words(args))
         train_chat_tokenizer(tokenizer_dir, conversations, vocab_size=args.vocab_size)
     tok = Tokenizer.from_dir(tokenizer_dir)
-    if conversations is None or args.piece_word_share:  # piece words need the tokenizer
+    if conversations is None or args.piece_word_share or args.number_piece_share:
+        # piece words need the tokenizer
         conversations = build_conversations(args, invented_words(args, tok))
     rows = [encode_with_mask(tok, c) for c in conversations]
     rows = [r for r in rows if len(r[0]) <= args.max_len]

@@ -128,7 +128,7 @@ def test_piece_words_use_every_piece_of_the_tokenizer(tmp_path):
     from training.chat_data import POOLS
     from training.train import InventedWords, build_conversations, invented_words, word_pieces
 
-    args = tiny_args(tmp_path, piece_word_share=1.0)
+    args = tiny_args(tmp_path, piece_word_share=1.0, number_piece_share=1.0)
     tok, _ = prepare_data(args, tmp_path / "tok")
     pieces = word_pieces(tok)
     assert pieces and all(p.isalpha() for p in pieces)
@@ -142,9 +142,16 @@ def test_piece_words_use_every_piece_of_the_tokenizer(tmp_path):
     assert not {w.lower() for w in names + foods} & heldout
     used = {tok.decode([i]) for w in names + foods for i in tok.encode(w)}
     assert len(used & set(pieces)) > 0.8 * len(pieces)
+    digits = word_pieces(tok, digits=True)
+    numbers = [invent(rng, "number") for _ in range(3000)]
+    assert digits and all(n.isdigit() and n.lower() not in heldout for n in numbers)
+    used = {tok.decode([i]) for n in numbers for i in tok.encode(n)}
+    assert len(used & set(digits)) > 0.8 * len(digits)
     # the chats trained on hold piece words, and they are a function of the seed
     again = build_conversations(args, invented_words(args, tok))
     assert again == build_conversations(args, invented_words(args, tok))
     assert invented_words(args) == InventedWords()  # what a new tokenizer is trained on
     with pytest.raises(ValueError, match="pieces"):
         InventedWords(piece_share=1.0)(rng, "food")
+    with pytest.raises(ValueError, match="digit pieces"):
+        InventedWords(number_piece_share=1.0)(rng, "number")
