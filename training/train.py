@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -153,13 +154,11 @@ class InventedWords:
 
     def __call__(self, rng: random.Random, kind: str) -> str:
         while True:
-            if kind == "number" and self.number_piece_share \
-                    and rng.random() < self.number_piece_share:
-                if not self.number_pieces:
-                    raise ValueError("piece numbers need the tokenizer's digit pieces")
-                value = "".join(rng.choice(self.number_pieces) for _ in range(rng.randint(1, 2)))
-            elif kind == "number":
-                value = str(rng.randint(10, 9999))
+            if kind == "number":
+                if self.number_piece_share and rng.random() < self.number_piece_share:
+                    value = self._piece_number(rng)
+                else:
+                    value = str(rng.randint(10, 9999))
             elif self.piece_share and rng.random() < self.piece_share:
                 value = self._piece_word(rng, capitalised=kind in _CAPITALISED)
             else:
@@ -173,13 +172,25 @@ class InventedWords:
             if value.lower() not in _HELDOUT:
                 return value
 
+    @cached_property
+    def _lower_pieces(self) -> list[str]:
+        return [p for p in self.pieces if p.islower()]
+
+    @cached_property
+    def _capitalised_pieces(self) -> list[str]:
+        return [p for p in self.pieces if p[0].isupper() and p[1:].islower()]
+
     def _piece_word(self, rng: random.Random, capitalised: bool) -> str:
         if not self.pieces:
             raise ValueError("piece words need the tokenizer's pieces")
-        lower = [p for p in self.pieces if p.islower()]
-        first = [p for p in self.pieces if p[0].isupper() and p[1:].islower()] if capitalised \
-            else lower
+        lower = self._lower_pieces
+        first = self._capitalised_pieces if capitalised else lower
         return rng.choice(first) + "".join(rng.choice(lower) for _ in range(rng.randint(1, 3)))
+
+    def _piece_number(self, rng: random.Random) -> str:
+        if not self.number_pieces:
+            raise ValueError("piece numbers need the tokenizer's digit pieces")
+        return "".join(rng.choice(self.number_pieces) for _ in range(rng.randint(1, 2)))
 
 
 def invented_words(args: TrainArgs, tok: Tokenizer | None = None) -> InventedWords:

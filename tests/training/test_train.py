@@ -111,7 +111,8 @@ def test_invented_words_never_hit_held_out_values_and_can_start_with_a_vowel():
     assert 0.2 < vowel_share < 0.45
     # share 0 draws nothing extra: the words of an older run are reproduced exactly
     a = [InventedWords()(random.Random(5), "food") for _ in range(50)]
-    b = [InventedWords(0.0, 0.0)(random.Random(5), "food") for _ in range(50)]
+    b = [InventedWords(0.0, 0.0, ("ab",), 0.0, ("1",))(random.Random(5), "food")
+         for _ in range(50)]
     assert a == b and all(w[0] not in "aeiou" for w in a)
     chats = echo_conversations(tiny_args(Path("."), num_echo=30, vowel_onset_share=0.3), invent)
     assert len(chats) == 30
