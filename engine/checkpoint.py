@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import xxhash
 from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig
@@ -18,18 +17,6 @@ CONFIG_FILE = "config.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as it is: named tensors or config keys say why."""
-
-
-def fingerprint(config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> str:
-    """Identity of (config, weights): a state saved by one model is never fed to another."""
-    h = xxhash.xxh3_128()
-    h.update(repr(sorted(config.to_dict().items())).encode())
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def check_state_dict(model: RetNet, state_dict: dict[str, torch.Tensor]) -> None:
@@ -52,7 +39,6 @@ def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor], device
         model = RetNet(config)
     check_state_dict(model, state_dict)
     model.load_state_dict(state_dict, assign=True)
-    model.fingerprint = fingerprint(config, state_dict)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

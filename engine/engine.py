@@ -138,6 +138,8 @@ class LLMEngine:
         if model.device != device or model.dtype != dtype:
             model = model.to(device=device, dtype=dtype)
         self.model = model.eval().requires_grad_(False)
+        # read before packing: the packed copy's linears are not in its state_dict
+        self.model_fingerprint = self.model.fingerprint
         # CPU: oneDNN prepacked weights run the decode step's matmuls ~2x faster than MKL sgemm;
         # a packed copy, so that the caller's model stays trainable and saveable
         self.packed_linears = 0
@@ -224,19 +226,15 @@ class LLMEngine:
         state, mc = request.initial_state, self.model.config
         if state is None:
             return
-        if isinstance(state, bytes | bytearray | memoryview):
-            expected = StatePool.row_nbytes(mc, request.initial_state_dtype)
-            if len(state) != expected or request.initial_num_tokens < 0:
-                raise InvalidRequestError(f"initial state bytes: expected {expected} bytes and "
-                                          f"a token count >= 0, got {len(state)} bytes")
-            return
         if not isinstance(state, RetentionState):
-            raise InvalidRequestError("initial_state must be a RetentionState or bytes")
+            raise InvalidRequestError("initial_state must be a RetentionState")
         rows = [shape for shape in state_shapes(mc) if shape is not None]
         given = [tuple(t.shape) for t in state.tensors]
         if given != rows or tuple(state.num_tokens.shape) != (1,):
             raise InvalidRequestError(f"initial state must be one row of shapes {rows}, "
                                       f"got {given}")
+        if int(state.num_tokens[0]) < 0:
+            raise InvalidRequestError("initial state: token count must be >= 0")
 
     def add_request(self, request: Request) -> None:
         self.add_sequence(self.make_sequence(request))
@@ -266,11 +264,14 @@ class LLMEngine:
         with torch.inference_mode():
             for seq in batch.admitted:
                 self.sampler.set_params(seq.slot, seq.params)
+            outputs = []
             for seq, num_tokens in batch.prefill:
                 begin = seq.num_prompt_fed
                 self.runner.prefill(seq.slot, seq.prompt_ids[begin : begin + num_tokens])
                 seq.num_prompt_fed += num_tokens
-            outputs = []
+                if seq.is_prefill_only and not seq.num_prompt_left:
+                    seq.finish_reason = "length"
+                    outputs.append(self._finish(seq, [], "", None))
             if batch.decode:
                 logits, slots, steps = self.runner.decode(batch.decode)
                 sampled = self.sampler.sample(logits, slots, steps,

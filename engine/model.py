@@ -6,7 +6,10 @@ al., 2023). Shapes: B batch, T tokens, D hidden, H heads, Dk/Dv per-head key/val
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import xxhash
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -184,6 +187,20 @@ class RetNet(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.lm_head = None if config.tie_embeddings else \
             nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Identity of (config, weights as first asked): a state saved by one model is never fed
+        to another. xxh3-128 over the config and every tensor's name, shape and bytes."""
+        h = xxhash.xxh3_128()
+        h.update(repr(sorted(self.config.to_dict().items())).encode())
+        state_dict = self.state_dict()
+        for name in sorted(state_dict):
+            t = state_dict[name].detach().to("cpu").contiguous()
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
 
     @property
     def device(self) -> torch.device:

@@ -77,13 +77,13 @@ class Scheduler:
         prefill = []
         for seq in self.running:
             if seq.is_prefilling:
-                num_tokens = min(seq.num_prompt_left - 1, self.piece_size)
+                num_tokens = min(seq.num_prefill_tokens_left, self.piece_size)
                 cost = max(num_tokens, self.chunk_size)  # a model call costs at least a chunk
                 if cost <= budget:
                     prefill.append((seq, num_tokens))
                     budget -= cost
         for seq, num_tokens in prefill:  # pieces that end the prompt decode in the same step
-            if num_tokens == seq.num_prompt_left - 1:
+            if num_tokens == seq.num_prefill_tokens_left and not seq.is_prefill_only:
                 self.pool.start_decoding(seq.slot)
         decode = [self._by_slot[slot] for slot in self.pool.decoding_slots]
         return ScheduledBatch(prefill, decode, admitted)
@@ -95,12 +95,7 @@ class Scheduler:
             seq = self.waiting.popleft()
             seq.slot = self.pool.allocate()
             if seq.initial_state is not None:
-                if isinstance(seq.initial_state, bytes | bytearray | memoryview):
-                    self.pool.load_bytes(seq.slot, seq.initial_state, seq.initial_num_tokens,
-                                         seq.initial_state_dtype)
-                else:
-                    self.pool.load(seq.slot, seq.initial_state)
-                    seq.num_cached_tokens = int(seq.initial_state.num_tokens[0])
+                self.pool.load(seq.slot, seq.initial_state)
                 seq.initial_state = None
             if not seq.is_prefilling:
                 self.pool.start_decoding(seq.slot)

@@ -7,8 +7,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-import torch
-
 from engine.sampling import SamplingParams, TokenLogprob
 from engine.state import RetentionState
 
@@ -18,15 +16,16 @@ class Request:
     request_id: str
     prompt_ids: list[int]  # tokens to feed: the whole prompt, or only the new ones after a state
     params: SamplingParams = field(default_factory=SamplingParams)
-    # Start from this state (a one-row RetentionState, or `to_bytes` output with its token count
-    # and dtype) instead of the empty one: a follow-up turn feeds only its new tokens.
-    initial_state: RetentionState | bytes | None = None
-    initial_num_tokens: int = 0  # for bytes
-    initial_state_dtype: torch.dtype = torch.float32  # for bytes
+    # Start from this one-row state instead of the empty one: a follow-up turn feeds only its
+    # new tokens. Bytes from a store are turned into a state by the caller (off the engine).
+    initial_state: RetentionState | None = None
     # The final state is returned when asked for: prompt + reply (a terminating stop token left
     # out) + trailing_ids (e.g. the chat template's end-of-turn), fed after generation.
     return_state: bool = False
     trailing_ids: tuple[int, ...] = ()
+    # Feed the whole prompt and return its state, generating nothing: `n` choices of one prompt
+    # prefill once, then each continues from a copy of this state.
+    prefill_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,11 @@ class Sequence:
         self.stop_token_ids = stop_token_ids
         self.detokenizer = detokenizer
         self.initial_state = request.initial_state  # dropped once loaded into the slot
-        self.initial_num_tokens = request.initial_num_tokens
-        self.initial_state_dtype = request.initial_state_dtype
-        # tokens already in the initial state (a RetentionState's count is read on admission)
-        self.num_cached_tokens = request.initial_num_tokens if request.initial_state else 0
-        self.return_state = request.return_state
+        # tokens already in the initial state
+        self.num_cached_tokens = (0 if request.initial_state is None
+                                  else int(request.initial_state.num_tokens[0]))
+        self.is_prefill_only = request.prefill_only
+        self.return_state = request.return_state or request.prefill_only
         self.trailing_ids = tuple(request.trailing_ids)
         self.status = SequenceStatus.WAITING
         self.slot: int | None = None
@@ -99,8 +98,14 @@ class Sequence:
     @property
     def is_prefilling(self) -> bool:
         """Prompt tokens are fed chunkwise up to the last one, which goes through the decode
-        step (as every later token does): its logits give the first generated token."""
-        return self.num_prompt_left > 1
+        step (as every later token does): its logits give the first generated token. A
+        prefill-only sequence feeds every prompt token chunkwise."""
+        return self.num_prompt_left > (0 if self.is_prefill_only else 1)
+
+    @property
+    def num_prefill_tokens_left(self) -> int:
+        """Prompt tokens still to be fed chunkwise."""
+        return self.num_prompt_left - (0 if self.is_prefill_only else 1)
 
     @property
     def is_finishing(self) -> bool:

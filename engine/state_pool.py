@@ -19,7 +19,7 @@ from collections import deque
 import torch
 
 from engine.config import ModelConfig
-from engine.state import RetentionState, unpack_row
+from engine.state import RetentionState
 
 
 class StatePool:
@@ -157,15 +157,6 @@ class StatePool:
         self.num_tokens[row : row + 1].copy_(state.num_tokens)
 
     load = write
-
-    @torch.inference_mode()
-    def load_bytes(self, slot: int, data: bytes | memoryview, num_tokens: int,
-                   dtype: torch.dtype = torch.float32) -> None:
-        """Fills the slot from `RetentionState.to_bytes` output."""
-        row = self._row[slot]
-        for mine, given in zip(self._tensors, unpack_row(data, self.config, dtype), strict=False):
-            mine[:, row].copy_(given[:, 0])
-        self.num_tokens[row] = num_tokens
 
     def export(self, slot: int, device="cpu") -> RetentionState:
         """A copy of the slot's state (a one-row RetentionState) that outlives the slot."""

@@ -157,9 +157,8 @@ def test_continuing_from_an_exported_state_matches_an_uninterrupted_run(make_eng
     rest = SamplingParams(temperature=0.0, max_tokens=13, ignore_eos=True)
     resumed = run_alone(engine, Request("resumed", [full[10]], rest, initial_state=state))
     assert resumed == full[11:]
-    from_bytes = run_alone(engine, Request("bytes", [full[10]], rest,
-                                           initial_state=state.to_bytes(),
-                                           initial_num_tokens=len(p) + 10))
+    restored = RetentionState.from_bytes(state.to_bytes(), engine.model.config, len(p) + 10)
+    from_bytes = run_alone(engine, Request("bytes", [full[10]], rest, initial_state=restored))
     assert from_bytes == full[11:]
 
 
@@ -256,3 +255,24 @@ def test_default_buckets():
     assert cuda == (1, 2, 4, 8, 16, 24, 32)
     assert EngineConfig(device="cuda").torch_dtype == torch.bfloat16
     assert EngineConfig(device="cpu").torch_dtype == torch.float32
+
+
+def test_a_prefill_only_request_returns_the_prompt_state_for_forks(make_engine, tiny_model):
+    """`n` choices prefill once: a prefill-only request feeds its whole prompt chunkwise and
+    returns that state; each fork continues from a copy with the last token and gives exactly
+    the tokens of a request that fed the whole prompt itself."""
+    engine = make_engine()
+    p = prompt(6, 150)
+    params = SamplingParams(temperature=0.8, seed=5, max_tokens=9, ignore_eos=True)
+    whole = run_alone(engine, Request("whole", p, params))
+    outputs = engine.generate([Request("pre", p[:-1], prefill_only=True)])["pre"]
+    assert len(outputs) == 1 and outputs[0].token_ids == [] and outputs[0].finished
+    state = outputs[0].state
+    assert state.num_tokens.item() == len(p) - 1 and engine.stats().num_slots_used == 0
+    with torch.inference_mode():
+        _, reference = tiny_model.prefill(torch.tensor([p[:-1]]))
+    torch.testing.assert_close(state.kv, reference.kv, atol=1e-5, rtol=1e-5)
+    forks = engine.generate([Request(f"f{i}", p[-1:], params, initial_state=state)
+                             for i in range(3)])
+    assert all(tokens(forks[f"f{i}"]) == whole for i in range(3))
+    assert forks["f0"][-1].num_cached_tokens == len(p) - 1

@@ -72,8 +72,8 @@ def test_continuing_from_an_exported_state_matches_an_uninterrupted_run(engine):
     assert tokens(first) == full[:8] and state.conv is not None
     rest = SamplingParams(max_tokens=11, **GREEDY)
     assert run_alone(engine, Request("obj", [full[8]], rest, initial_state=state)) == full[9:]
-    from_bytes = Request("bytes", [full[8]], rest, initial_state=state.to_bytes(),
-                         initial_num_tokens=len(p) + 8)
+    restored = RetentionState.from_bytes(state.to_bytes(), engine.model.config, len(p) + 8)
+    from_bytes = Request("bytes", [full[8]], rest, initial_state=restored)
     assert run_alone(engine, from_bytes) == full[9:]
 
 
@@ -95,7 +95,7 @@ def test_a_state_without_the_conv_part_is_refused(engine, conv_model):
     with pytest.raises(InvalidRequestError, match="shapes"):
         engine.add_request(Request("x", [1, 2], SamplingParams(max_tokens=1),
                                    initial_state=state))
-    short = RetentionState.empty(conv_model.config, 1).to_bytes()[: plain.config.state_numel * 4]
-    with pytest.raises(InvalidRequestError, match="bytes"):
+    with pytest.raises(InvalidRequestError, match="RetentionState"):
         engine.add_request(Request("y", [1, 2], SamplingParams(max_tokens=1),
-                                   initial_state=short, initial_num_tokens=0))
+                                   initial_state=RetentionState.empty(conv_model.config, 1)
+                                   .to_bytes()))

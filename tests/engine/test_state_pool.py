@@ -49,13 +49,14 @@ def test_load_export_round_trip_bytes_and_tensors():
     state = random_state(1, num_tokens=77)
     a, b = pool.allocate(), pool.allocate()
     pool.load(a, state)
-    pool.load_bytes(b, state.to_bytes(torch.bfloat16), 77, torch.bfloat16)
+    pool.load(b, RetentionState.from_bytes(state.to_bytes(torch.bfloat16), CONFIG, 77,
+                                           torch.bfloat16))
     out_a, out_b = pool.export(a), pool.export(b)
     assert torch.equal(out_a.kv, state.kv) and out_a.num_tokens.item() == 77
     assert torch.equal(out_b.kv, state.kv.bfloat16().float()) and out_b.num_tokens.item() == 77
     assert out_a.to_bytes() == state.to_bytes()
     with pytest.raises(ValueError):
-        pool.load_bytes(a, b"\0" * 10, 1)
+        RetentionState.from_bytes(b"\0" * 10, CONFIG, 1)
     with pytest.raises(ValueError):
         pool.load(a, RetentionState.stack([state, state]))
 
