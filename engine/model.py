@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 
 import torch
-import xxhash
 import torch.nn.functional as F
+import xxhash
 from torch import Tensor, nn
 
 from engine import retention
