@@ -122,6 +122,8 @@ class EngineStats:
     last_batch_size: int  # decode rows in the last step
     last_step_seconds: float
     total_step_seconds: float
+    # decode steps by batch size: decode_batch_sizes[b] steps ran b rows (b = 0: prefill only)
+    decode_batch_sizes: tuple[int, ...] = ()
 
 
 class LLMEngine:
@@ -166,6 +168,7 @@ class LLMEngine:
         self._seqs: dict[str, Sequence] = {}
         self._num_steps = self._num_prefill_tokens = self._num_decode_tokens = 0
         self._last_batch_size, self._last_step_seconds, self._total_step_seconds = 0, 0.0, 0.0
+        self._decode_batch_sizes = [0] * (self.scheduler.max_num_seqs + 1)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, config: EngineConfig | None = None,
@@ -286,6 +289,7 @@ class LLMEngine:
         self._num_prefill_tokens += sum(n for _, n in batch.prefill)
         self._num_decode_tokens += len(batch.decode)
         self._last_batch_size, self._last_step_seconds = len(batch.decode), elapsed
+        self._decode_batch_sizes[len(batch.decode)] += 1
         self._total_step_seconds += elapsed
         return outputs
 
@@ -339,7 +343,8 @@ class LLMEngine:
             self.scheduler.num_running, self.scheduler.num_waiting,
             self.pool.num_slots - self.pool.num_free, self.pool.num_slots, self.pool.nbytes,
             self._num_steps, self._num_prefill_tokens, self._num_decode_tokens,
-            self._last_batch_size, self._last_step_seconds, self._total_step_seconds)
+            self._last_batch_size, self._last_step_seconds, self._total_step_seconds,
+            tuple(self._decode_batch_sizes))
 
     def generate(self, requests: list[Request]) -> dict[str, list[RequestOutput]]:
         """Runs requests to completion: every output of each, by request id."""
