@@ -31,6 +31,10 @@ class SamplingParams:
     min_p: float = 0.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # > 1 discourages tokens already generated (logits divided when positive, multiplied when
+    # negative, as in CTRL and vLLM); over this request's generated tokens only, so a turn
+    # samples the same whether its history came from a stored state or a full prompt
+    repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # a dict is accepted and normalised
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
@@ -49,6 +53,7 @@ class SamplingParams:
         _check_float("min_p", self.min_p, 0.0, 1.0)
         _check_float("presence_penalty", self.presence_penalty, -2.0, 2.0)
         _check_float("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _check_float("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
         for token, bias in self.logit_bias:
             _check(isinstance(token, int), "logit_bias keys must be token ids")
             _check_float("logit_bias value", bias, -100.0, 100.0)
@@ -63,7 +68,8 @@ class SamplingParams:
 
     @property
     def has_penalties(self) -> bool:
-        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+        return (self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+                or self.repetition_penalty != 1.0)
 
     def token_ids(self) -> list[int]:
         """Every token id the parameters name (checked against the vocabulary by the engine)."""
@@ -124,8 +130,8 @@ class Sampler:
 
     def __init__(self, num_slots: int, vocab_size: int, device: torch.device):
         self.vocab_size = vocab_size
-        # rows: temperature (0: greedy), top_p, min_p, presence, frequency
-        self.floats = torch.ones(5, num_slots, device=device)
+        # rows: temperature (0: greedy), top_p, min_p, presence, frequency, repetition
+        self.floats = torch.ones(6, num_slots, device=device)
         # rows: top_k (vocab_size when off), noise key
         self.ints = torch.zeros(2, num_slots, dtype=torch.long, device=device)
         self.counts: Tensor | None = None  # [num_slots, V] generated-token counts, on first use
@@ -133,7 +139,8 @@ class Sampler:
 
     def set_params(self, slot: int, params: SamplingParams) -> None:
         self.floats[:, slot] = torch.tensor([params.temperature, params.top_p, params.min_p,
-                                             params.presence_penalty, params.frequency_penalty])
+                                             params.presence_penalty, params.frequency_penalty,
+                                             params.repetition_penalty])
         self.ints[:, slot] = torch.tensor([params.top_k or self.vocab_size,
                                            seed_key(params.seed)])
         if params.has_penalties:
@@ -151,8 +158,11 @@ class Sampler:
 
         if any(p.has_penalties for p in params):
             counts = self.counts.index_select(0, slots)  # [B, V]
-            presence, frequency = self.floats[3:5].index_select(1, slots)[..., None]
-            logits = logits - presence * (counts > 0) - frequency * counts
+            presence, frequency, repetition = self.floats[3:6].index_select(1, slots)[..., None]
+            seen = counts > 0
+            logits = torch.where(seen & (logits > 0), logits / repetition,
+                                 torch.where(seen, logits * repetition, logits))
+            logits = logits - presence * seen - frequency * counts
         if any(p.logit_bias for p in params):
             rows, tokens, bias = zip(*[(i, t, b) for i, p in enumerate(params)
                                        for t, b in p.logit_bias], strict=True)

@@ -30,6 +30,7 @@ def sample(sampler, logits, params, slots=None, steps=None):
     dict(min_p=-0.1), dict(min_p=1.1), dict(presence_penalty=2.1), dict(frequency_penalty=-3),
     dict(logit_bias={1: 101.0}), dict(logit_bias={"a": 1.0}), dict(logprobs=21),
     dict(logprobs=-1), dict(seed=1.5), dict(stop_token_ids=("x",)),
+    dict(repetition_penalty=0.0), dict(repetition_penalty=11.0),
 ])
 def test_out_of_range_params_are_refused(bad):
     with pytest.raises(InvalidRequestError):
@@ -128,6 +129,19 @@ def test_penalties_and_logit_bias():
     frequency = [SamplingParams(temperature=0.0, frequency_penalty=0.3)]
     sampler = make_sampler(frequency)
     assert [sample(sampler, logits, frequency).token_ids[0] for _ in range(4)] == [5, 5, 6, 5]
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
+    positive = torch.full((1, VOCAB), -1.0)
+    positive[0, 5], positive[0, 6] = 1.0, 0.6
+    negative = torch.full((1, VOCAB), -1.0)
+    negative[0, 5], negative[0, 6] = -0.2, -0.3
+    params = [SamplingParams(temperature=0.0, repetition_penalty=2.0)]
+    for logits in (positive, negative):  # 5 seen: 1.0 -> 0.5 < 0.6; -0.2 -> -0.4 < -0.3
+        sampler = make_sampler(params)
+        assert [sample(sampler, logits, params).token_ids[0] for _ in range(2)] == [5, 6]
+    plain = [SamplingParams(temperature=0.0)]
+    assert sample(make_sampler(plain), negative, plain).token_ids == [5]
 
 
 def test_logprobs_are_the_model_distribution():
