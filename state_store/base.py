@@ -71,6 +71,15 @@ class StateStore(ABC):
             t.outcome = "ok" if swapped else "conflict"
             return swapped
 
+    async def expire(self, key: str, ttl: float) -> bool:
+        """Set the key's expiry to now + ttl seconds (shorter or longer); False if absent."""
+        if not ttl > 0:
+            raise ValueError("ttl must be positive")
+        with self.stats.timed(self.backend, "expire") as t:
+            existed = await self._expire(check_key(key), ttl)
+            t.outcome = "ok" if existed else "miss"
+            return existed
+
     async def list(self, prefix: str) -> list[str]:
         """Live keys starting with `prefix`, sorted."""
         if prefix:
@@ -101,6 +110,9 @@ class StateStore(ABC):
     @abstractmethod
     async def _compare_and_set(self, key: str, expected: bytes | None, new: bytes | None,
                                ttl: float | None) -> bool: ...
+
+    @abstractmethod
+    async def _expire(self, key: str, ttl: float) -> bool: ...
 
     @abstractmethod
     async def _list(self, prefix: str) -> list[str]: ...

@@ -54,13 +54,15 @@ class ConversationStore:
 
     # records
 
-    async def save(self, tenant: str, messages: Messages, record: StateRecord) -> str:
-        """Store the state after `messages` (which end with an assistant reply); its content key."""
+    async def save(self, tenant: str, messages: Messages, record: StateRecord,
+                   base_key: str | None = None) -> str:
+        """Store the state after `messages` (which end with an assistant reply, and follow the
+        conversation named by `base_key` when given); its content key."""
         if not messages or messages[-1].get("role") != "assistant":
             raise ValueError("a state is saved after an assistant reply: last role must be it")
         if record.model_fingerprint != self.model_fingerprint:
             raise ValueError("record is for another model than this store's")
-        content_key = keys.content_keys(tenant, self.model_fingerprint, messages)[-1]
+        content_key = self.content_keys(tenant, messages, base_key)[-1]
         now = self._clock()
         record = replace(record, tenant=tenant, created_at=record.created_at or now,
                          updated_at=now)
@@ -73,6 +75,16 @@ class ConversationStore:
         if self.hot_cache is not None:
             self.hot_cache.put(key, record)
         return content_key
+
+    def content_keys(self, tenant: str, messages: Messages, base_key: str | None = None
+                     ) -> list[str]:
+        """keys.content_keys for this store's model: the key of every prefix of `messages`."""
+        return keys.content_keys(tenant, self.model_fingerprint, messages, base_key)
+
+    async def expire(self, tenant: str, content_key: str, ttl: float) -> bool:
+        """Cut (or extend) a record's expiry: a turn that extends a stored state leaves its
+        parent only a grace period, so a conversation at rest holds one or two records."""
+        return await self.store.expire(keys.record_key(self.namespace, tenant, content_key), ttl)
 
     async def load(self, tenant: str, content_key: str) -> StateRecord | None:
         """The record or None; raises (and counts) a RecordError for one that must not be used."""

@@ -59,13 +59,21 @@ def canonical_message(message: Mapping) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def content_keys(tenant: str, model_fingerprint: str, messages: Sequence[Mapping]) -> list[str]:
-    """Content key of every prefix: ids[i] names messages[: i + 1].
+def content_keys(tenant: str, model_fingerprint: str, messages: Sequence[Mapping],
+                 base: str | None = None) -> list[str]:
+    """Content key of every prefix: ids[i] names messages[: i + 1] (after `base`, the content
+    key of the conversation before `messages`, when given).
 
     A hash chain, id_i = H(id_{i-1}, message_i), seeded with (tenant, fingerprint): equal to a
-    hash of the whole prefix's canonical JSON, but all prefixes cost O(total length).
+    hash of the whole prefix's canonical JSON, but all prefixes cost O(total length), and a
+    conversation known only by its key (a session) extends it without its earlier text.
     """
-    state = _digest(b"rs-content", tenant.encode(), model_fingerprint.encode())
+    if base is None:
+        state = _digest(b"rs-content", tenant.encode(), model_fingerprint.encode())
+    elif isinstance(base, str) and _CONTENT_KEY_RE.fullmatch(base):
+        state = bytes.fromhex(base)
+    else:
+        raise ValueError(f"invalid content key {base!r}")
     ids = []
     for message in messages:
         state = _digest(b"rs-content", state, canonical_message(message))

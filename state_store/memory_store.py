@@ -53,6 +53,12 @@ class MemoryStore(StateStore):
             self._data[key] = (bytes(new), self._expiry(ttl))
         return True
 
+    async def _expire(self, key, ttl):
+        value = self._live(key)
+        if value is not None:
+            self._data[key] = (value, self._expiry(ttl))
+        return value is not None
+
     async def _list(self, prefix):
         return [k for k in list(self._data) if k.startswith(prefix) and self._live(k) is not None]
 

@@ -181,6 +181,22 @@ class RedisStore(StateStore):
                     continue  # another writer moved K between WATCH and EXEC: read it again
         raise ConflictError(f"{_WRITE_RETRIES} concurrent writes to one key in a row")
 
+    async def _expire(self, key, ttl):
+        return await self._call(self._pexpire, key, self._px(ttl))
+
+    async def _pexpire(self, key: str, px: int) -> bool:
+        """K and the parts its manifest names; a concurrent rewrite brings its own expiry."""
+        head = await self.client.getrange(key, 0, _MANIFEST.size - 1)
+        if not head:
+            return False
+        async with self.client.pipeline(transaction=False) as pipe:
+            if head[:1] == MANIFEST and len(head) == _MANIFEST.size:
+                _, gen, num_parts, _ = _MANIFEST.unpack(head)
+                for i in range(num_parts):
+                    pipe.pexpire(part_key(key, gen, i), px)
+            pipe.pexpire(key, px)
+            return bool((await pipe.execute())[-1])
+
     async def _compare_and_set(self, key, expected, new, ttl):
         # pointers are stored like inline values, so get() reads them too
         args = ["0" if expected is None else "1", b"" if expected is None else INLINE + expected,

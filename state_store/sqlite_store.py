@@ -130,6 +130,15 @@ class SqliteStore(StateStore):
     async def _delete(self, key):
         return await self._on(self._writer_pool, self._remove, key)
 
+    def _set_expiry(self, key: str, expires_at: float) -> bool:
+        rows = self._wconn.execute(
+            f"UPDATE kv SET expires_at = ? WHERE key = ? AND {_LIVE} RETURNING key",
+            (expires_at, key, time.time())).fetchall()
+        return bool(rows)
+
+    async def _expire(self, key, ttl):
+        return await self._on(self._writer_pool, self._set_expiry, key, time.time() + ttl)
+
     def _cas(self, key: str, expected, new, ttl) -> bool:
         conn = self._wconn
         # IMMEDIATE takes the write lock first, so other processes on the file cannot interleave

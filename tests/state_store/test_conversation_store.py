@@ -44,6 +44,31 @@ async def test_lookup_finds_the_longest_saved_prefix(make_chat, conversations, m
     assert await conversations.lookup(T, msgs[:2]) is None
 
 
+async def test_a_conversation_known_by_its_key_extends_without_its_text(
+        make_chat, conversations, make_record):
+    """A session holds only a content key: saving its next turn under (key, new messages) gives
+    the key a client resending the whole history finds."""
+    msgs = make_chat(2, last_user=False)
+    first_key = await conversations.save(T, msgs[:3], make_record(seed=1))
+    second_key = await conversations.save(T, msgs[3:], make_record(seed=2), base_key=first_key)
+    assert second_key == conversations.content_keys(T, msgs)[-1]
+    num_matched, rec = await conversations.lookup(T, msgs + [{"role": "user", "content": "x"}])
+    assert num_matched == 5 and rec.body == make_record(seed=2).body
+    with pytest.raises(ValueError):
+        conversations.content_keys(T, msgs, base_key="not-a-key")
+
+
+async def test_expire_cuts_a_parent_to_a_grace_period(make_chat, conversations, make_record):
+    msgs = make_chat(2, last_user=False)
+    parent = await conversations.save(T, msgs[:3], make_record(seed=1))
+    await conversations.save(T, msgs, make_record(seed=2))
+    conversations.hot_cache.clear()  # the store's own expiry is under test
+    assert await conversations.expire(T, parent, 0.2)
+    await asyncio.sleep(0.35)
+    assert await conversations.load(T, parent) is None
+    assert (await conversations.lookup(T, msgs))[0] == 5
+
+
 async def test_lookup_considers_only_prefixes_ending_at_an_assistant_reply(
         make_chat, conversations, make_record):
     msgs = make_chat(1, last_user=False)

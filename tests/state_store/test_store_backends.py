@@ -102,6 +102,36 @@ async def test_read_refreshes_ttl(backend, open_backend, prefix):
     assert await store.get(f"{prefix}:unread") is None
 
 
+async def test_expire_shortens_and_extends_whole_records(store, prefix):
+    small, big = f"{prefix}:e-small", f"{prefix}:e-big"
+    await store.put(small, b"v", ttl=60)
+    await store.put(big, os.urandom(3 * MiB + 7), ttl=60)  # multi-part on redis
+    await store.put(f"{prefix}:e-kept", b"k", ttl=0.3)
+    assert await store.expire(small, 0.3) and await store.expire(big, 0.3)
+    assert await store.expire(f"{prefix}:e-kept", 60)
+    assert await store.expire(f"{prefix}:e-none", 1) is False
+    await asyncio.sleep(0.5)
+    assert await store.get(small) is None and await store.get(big) is None
+    assert await store.get(f"{prefix}:e-kept") == b"k"
+    assert await store.list(f"{prefix}:e-") == [f"{prefix}:e-kept"]
+    with pytest.raises(ValueError):
+        await store.expire(small, 0)
+
+
+async def test_redis_expire_reaches_every_part(open_backend, prefix, redis_url):
+    store = open_backend("redis", part_size=1 * MiB)
+    key = f"{prefix}:e-parts"
+    await store.put(key, os.urandom(3 * MiB + 1))
+    assert await store.expire(key, 30)
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in raw.scan_iter(match=f"{{{key}}}*")] + [key.encode()]
+        assert len(keys) == 5
+        assert all(0 < ttl <= 30_000 for ttl in [await raw.pttl(k) for k in keys])
+    finally:
+        await raw.aclose()
+
+
 async def test_list_by_prefix(store, prefix, big_payload):
     for name in ("a:1", "a:2", "ab:3", "b:1"):
         await store.put(f"{prefix}:{name}", big_payload[: 2 * MiB] if name == "a:2" else b"v")

@@ -37,6 +37,11 @@ class RecordingStore(StateStore):
         self.log.append(("cas", key, swapped))
         return swapped
 
+    async def _expire(self, key, ttl):
+        existed = await self.inner.expire(key, ttl)
+        self.log.append(("expire", key, existed))
+        return existed
+
     async def _list(self, prefix):
         keys = await self.inner.list(prefix)
         self.log.append(("list", prefix, bool(keys)))
