@@ -82,9 +82,16 @@ class ConversationStore:
         return keys.content_keys(tenant, self.model_fingerprint, messages, base_key)
 
     async def expire(self, tenant: str, content_key: str, ttl: float) -> bool:
-        """Cut (or extend) a record's expiry: a turn that extends a stored state leaves its
-        parent only a grace period, so a conversation at rest holds one or two records."""
+        """Set a record's expiry to now + ttl (shorter or longer)."""
         return await self.store.expire(keys.record_key(self.namespace, tenant, content_key), ttl)
+
+    async def retire(self, tenant: str, content_key: str, grace: float) -> bool:
+        """A turn extended this state: cut its expiry to `grace` (time to regenerate the last
+        reply), so a conversation at rest holds one or two records whatever its length; unless
+        a forked session shares it (a pin). True if cut."""
+        if await self.store.get(keys.pin_key(self.namespace, tenant, content_key)) is not None:
+            return False
+        return await self.expire(tenant, content_key, grace)
 
     async def load(self, tenant: str, content_key: str) -> StateRecord | None:
         """The record or None; raises (and counts) a RecordError for one that must not be used."""
@@ -164,6 +171,10 @@ class ConversationStore:
         key = keys.session_key(self.namespace, tenant, new_session_id)
         if not await self.store.compare_and_set(key, None, _dump(info), ttl=self.ttl):
             raise ConflictError(f"session {new_session_id!r} already exists")
+        # both sessions continue from this record: neither may cut it short (see retire)
+        pin = keys.pin_key(self.namespace, tenant, src.content_key)
+        if not await self.store.compare_and_set(pin, None, b"1", ttl=self.ttl):
+            await self.store.expire(pin, self.ttl or self.store.default_ttl or 86400.0)
         return info
 
     async def delete_session(self, tenant: str, session_id: str) -> bool:

@@ -2,6 +2,7 @@
 
     <namespace>:<tenant hash>:c:<content key>   immutable state record of a conversation prefix
     <namespace>:<tenant hash>:s:<session hash> mutable pointer: session -> content key
+    <namespace>:<tenant hash>:p:<content key>   pin: a fork shares this record, keep it
 
 Callers hand in a tenant and get keys under that tenant's prefix only; no function takes a raw
 key or another tenant's hash, so there is no way to name (or probe) a key of another tenant.
@@ -39,6 +40,11 @@ def record_key(namespace: str, tenant: str, content_key: str) -> str:
     if not isinstance(content_key, str) or not _CONTENT_KEY_RE.fullmatch(content_key):
         raise ValueError(f"invalid content key {content_key!r}")
     return f"{tenant_prefix(namespace, tenant)}c:{content_key}"
+
+
+def pin_key(namespace: str, tenant: str, content_key: str) -> str:
+    """Marks a record that a forked session shares: its expiry is never cut to a grace period."""
+    return record_key(namespace, tenant, content_key).replace(":c:", ":p:", 1)
 
 
 def session_prefix(namespace: str, tenant: str) -> str:

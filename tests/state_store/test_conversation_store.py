@@ -69,6 +69,20 @@ async def test_expire_cuts_a_parent_to_a_grace_period(make_chat, conversations, 
     assert (await conversations.lookup(T, msgs))[0] == 5
 
 
+async def test_retire_spares_a_state_a_fork_shares(make_chat, conversations, make_record):
+    msgs = make_chat(2, last_user=False)
+    shared = await conversations.save(T, msgs[:3], make_record(seed=1))
+    alone = await conversations.save(T, msgs, make_record(seed=2))
+    await conversations.set_session(T, "a", shared, None)
+    await conversations.fork_session(T, "a", "b")
+    assert await conversations.retire(T, shared, 0.2) is False  # pinned by the fork
+    assert await conversations.retire(T, alone, 0.2) is True
+    conversations.hot_cache.clear()
+    await asyncio.sleep(0.35)
+    assert await conversations.load(T, shared) is not None
+    assert await conversations.load(T, alone) is None
+
+
 async def test_lookup_considers_only_prefixes_ending_at_an_assistant_reply(
         make_chat, conversations, make_record):
     msgs = make_chat(1, last_user=False)
@@ -169,7 +183,7 @@ async def test_fork_shares_the_state_without_copying(make_chat, conversations, m
     await conversations.set_session(T, "main", cid, None)
     puts = conversations.stats.count(op="put")
     forked = await conversations.fork_session(T, "main", "branch")
-    assert conversations.stats.count(op="put") == puts  # only the pointer was written (by CAS)
+    assert conversations.stats.count(op="put") == puts  # only pointers were written (by CAS)
     assert forked.content_key == cid and forked.session_id == "branch"
     with pytest.raises(ConflictError):
         await conversations.fork_session(T, "main", "branch")
