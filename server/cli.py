@@ -8,6 +8,7 @@ import sys
 
 # subcommand -> module defining `register(subparsers)`; imported lazily so `--help` stays fast
 COMMANDS = {
+    "serve": "server.commands.serve",
     "chat": "server.commands.chat",
     "bench": "server.commands.bench",
     "convert": "server.commands.convert",

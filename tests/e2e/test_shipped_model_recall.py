@@ -1,8 +1,8 @@
 """The shipped model: it loads, its three forms agree, and it recalls across processes.
 
-The recall test is the product's promise end to end: a telling turn runs here, its state goes to
-the real Redis through the state store, and the asking turn runs in a fresh process that has
-only the store key and the question, never the earlier text.
+The recall test is the product's promise end to end: the telling turns run here through the chat
+service as a session, its state goes to the real Redis, and the asking turn runs in a fresh
+process that has only the session id and the question, never the earlier text.
 """
 
 from __future__ import annotations
@@ -19,38 +19,38 @@ import torch
 
 from engine.checkpoint import DEFAULT_MODEL_DIR, load_model
 from engine.tokenizer import Tokenizer
-from state_store.factory import open_store
+from server.local_service import close_service, local_service
+from tests.redis_server import redis_answers
 from training.chat_data import recall_probes
-from training.eval_recall import Chat, make_engine, run_probes, run_turn, turn_ids
+from training.eval_recall import reply, run_probes
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 REPO = Path(__file__).resolve().parents[2]
 # A held-out probe (name, city, ... never seen in training) asked one filler turn later.
 PROBE = recall_probes(1, turns_back=1, seed=2024, split="heldout")[0]
 
-# The asking process: loads the model, reads the state from Redis, feeds the question only.
+# The asking process: loads the model, continues the session from Redis with the question only.
 ASK_SCRIPT = """
 import asyncio, json, sys
 import torch
-from engine.checkpoint import DEFAULT_MODEL_DIR, load_model
-from engine.tokenizer import Tokenizer
-from state_store.factory import open_store
-from training.eval_recall import Chat, make_engine, run_turn
+from server.local_service import close_service, local_service
+from training.eval_recall import reply
 
-url, key, question = sys.argv[1:4]
+url, namespace, session_id, question = sys.argv[1:5]
 torch.set_num_threads(1)
-tok = Tokenizer.from_dir(DEFAULT_MODEL_DIR)
-engine = make_engine(load_model(), tok)
 
-async def fetch():
-    async with open_store(url) as store:
-        return await store.get(key)
+async def ask():
+    service = local_service(store_url=url, namespace=namespace)
+    try:
+        ask = [{"role": "user", "content": question}]
+        # the session's stored state is this process's only knowledge of the chat: no history
+        answer, cached = await reply(service, ask, session_id=session_id)
+        blank, _ = await reply(service, ask)  # the control: the question alone
+        return {"reply": answer.strip(), "cached": cached, "reply_without_state": blank.strip()}
+    finally:
+        await close_service(service)
 
-# the stored bytes are this process's only knowledge of the chat: no history text
-chat, blank = Chat(stored=asyncio.run(fetch())), Chat()
-ask = {"role": "user", "content": question}
-run_turn(engine, tok, [chat, blank], [ask, ask])  # blank: the control, the question alone
-print(json.dumps({"reply": chat.last_reply, "reply_without_state": blank.last_reply}))
+print(json.dumps(asyncio.run(ask())))
 """
 
 
@@ -93,55 +93,46 @@ def test_three_forms_agree(model, tok):
     assert (parallel - recurrent).abs().max().item() <= 1e-4
 
 
-async def _redis_or_skip():
-    store = open_store(REDIS_URL)
-    try:
-        await store.list("retserve-test-ping")
-    except Exception as e:  # any failure here means "no Redis to test against"
-        await store.close()
-        pytest.skip(f"no Redis at {REDIS_URL}: {e}")
-    return store
-
-
-def test_recall_across_processes_through_redis(model, tok):
-    engine = make_engine(model, tok)
+def test_recall_across_processes_through_redis(model):
+    if not redis_answers(REDIS_URL):
+        pytest.skip(f"no Redis at {REDIS_URL}")
     users = [m for m in PROBE["messages"] if m["role"] == "user"]
     told, asked = users[:-1], users[-1]
-    chat = Chat()
-    for user in told:  # the telling turn and the filler turn, in this process
-        run_turn(engine, tok, [chat], [user])
-    # the child renders the question alone: true for ChatML, checked here
-    assert turn_ids(tok, [], asked) == turn_ids(tok, chat.history, asked)
-    stored = chat.stored
-    here = Chat(list(chat.history), stored)
-    run_turn(engine, tok, [here], [asked])  # same process, for comparison
+    namespace, session_id = f"t{uuid.uuid4().hex[:12]}", f"e2e-{uuid.uuid4().hex}"
 
-    key = f"test:e2e-recall:{uuid.uuid4().hex}"
+    async def tell() -> tuple[str, str]:
+        service = local_service(model=model, store_url=REDIS_URL, namespace=namespace)
+        try:
+            for user in told:  # the telling turn and the filler turn, as a session
+                await reply(service, [user], session_id=session_id)
+            here, _ = await reply(service, [asked], session_id=f"{session_id}-here")
+            forked = await service.conversations.fork_session("eval", session_id,
+                                                              f"{session_id}-same")
+            same, cached = await reply(service, [asked], session_id=forked.session_id)
+            assert cached > 0
+            return same.strip(), here.strip()
+        finally:
+            await close_service(service)
 
-    async def put():
-        store = await _redis_or_skip()
-        async with store:
-            await store.put(key, stored, ttl=300)
-
-    async def delete():
-        async with open_store(REDIS_URL) as store:
-            await store.delete(key)
-
-    asyncio.run(put())
     try:
+        same_process, _ = asyncio.run(tell())
         proc = subprocess.run(
-            [sys.executable, "-c", ASK_SCRIPT, REDIS_URL, key, asked["content"]],
-            cwd=REPO, capture_output=True, text=True, timeout=120)
+            [sys.executable, "-c", ASK_SCRIPT, REDIS_URL, namespace, session_id,
+             asked["content"]], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
-        asyncio.run(delete())
+        import redis
 
-    # the fresh process, from the stored bytes alone, recalls the held-out value, exactly as this
-    # one did, and the question alone does not get it (the share of held-out probes the model
-    # gets right is measured by `retserve eval recall`: see the model card)
-    assert result["reply"] == PROBE["answer"], (PROBE, result, here.history)
-    assert here.last_reply == PROBE["answer"]
+        with redis.Redis.from_url(REDIS_URL) as client:
+            for key in client.scan_iter(match=f"{namespace}:*"):
+                client.delete(key)
+
+    # the fresh process, from the stored state alone, recalls the held-out value, exactly as
+    # this one did, and the question alone does not get it (the share of held-out probes the
+    # model gets right is measured by `retserve eval recall`: see the model card)
+    assert result["cached"] > 0
+    assert result["reply"] == PROBE["answer"] == same_process, (PROBE, result)
     assert result["reply_without_state"] != PROBE["answer"]
 
 
@@ -150,10 +141,17 @@ def test_recalls_held_out_values_of_every_kind(model, tok):
     after they were told, through the engine with the state passed as store bytes (the full
     figures are `retserve eval recall`'s, in the model card). A model that copies only some of
     its tokenizer's pieces, as the previous one did, falls below it (`Lu|c|ia` -> `Lucjum`)."""
-    engine = make_engine(model, tok, max_num_seqs=64)
+    async def run(turns_back: int) -> list[dict]:
+        service = local_service(model=model, max_num_seqs=64)
+        try:
+            return await run_probes(service, recall_probes(64, turns_back, seed=77,
+                                                           split="heldout"))
+        finally:
+            await close_service(service)
+
     for turns_back in (1, 2):
-        probes = recall_probes(64, turns_back, seed=77, split="heldout")
-        assert len({p["kind"] for p in probes}) == 6
-        results = run_probes(engine, tok, probes)
+        results = asyncio.run(run(turns_back))
+        assert len({r["kind"] for r in results}) == 6
+        assert all(r["every_turn_resumed"] for r in results)
         wrong = [(r["answer"], r["reply"]) for r in results if not r["correct"]]
         assert len(wrong) <= 3, (turns_back, wrong)

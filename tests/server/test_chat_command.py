@@ -1,40 +1,44 @@
-"""`retserve chat`: a follow-up turn resumes from the carried state and feeds only new tokens."""
+"""`retserve chat`: a conversation is a session; a follow-up turn sends only its new message,
+resumes from the stored state, and says what the same conversation fed whole would say."""
 
+import pytest
 import torch
 
 from engine.config import ModelConfig
-from engine.engine import LLMEngine
-from engine.engine_config import EngineConfig
 from engine.model import RetNet
-from engine.sampling import SamplingParams
-from engine.sequence import Request
 from engine.tokenizer import Tokenizer
-from server.commands.chat import ChatSession
+from server.chat_service import ServiceOptions
+from server.commands.chat import LocalChat
+from server.local_service import close_service, local_service
+from training.eval_recall import reply
 
 
-def make_session(tokenizer_dir):
-    tokenizer = Tokenizer.from_dir(tokenizer_dir)
+@pytest.fixture
+def tiny_chat_model(tiny_tokenizer_dir):
     torch.manual_seed(0)
-    model = RetNet(ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2,
-                               num_heads=2, qk_dim=32, v_dim=64, ffn_dim=64)).eval()
-    engine = LLMEngine(model.requires_grad_(False),
-                       EngineConfig(device="cpu", max_num_seqs=2, num_threads=1), tokenizer)
-    return ChatSession(engine, tokenizer), engine
+    vocab = Tokenizer.from_dir(tiny_tokenizer_dir).vocab_size
+    return RetNet(ModelConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=2,
+                              qk_dim=32, v_dim=64, ffn_dim=64)).eval().requires_grad_(False)
 
 
-def test_follow_up_turn_feeds_only_new_tokens_and_matches_a_fresh_prompt(tiny_tokenizer_dir):
-    params = SamplingParams(max_tokens=6, temperature=0.0)
-    session, engine = make_session(tiny_tokenizer_dir)
-    session.reply("Hello, my name is Ada.", params)
-    tokens_after_first = session.state.num_tokens.item()
-    assert tokens_after_first == len(session.fed_ids)
-    second = session.reply("What is my name?", params)
-    assert session.num_cached_tokens == tokens_after_first
-    # the state grew by the new turn only, and no slot is left behind
-    assert session.state.num_tokens.item() == len(session.fed_ids) > tokens_after_first
-    assert engine.stats().num_slots_used == 0
-
-    # the same tokens fed from scratch in one prompt give the same reply
-    _, fresh = make_session(tiny_tokenizer_dir)
-    outputs = fresh.generate([Request("fresh", session.last_prompt_ids, params)])["fresh"]
-    assert "".join(o.text for o in outputs) == second
+async def test_follow_up_turn_resumes_from_the_session_state(tiny_tokenizer_dir,
+                                                             tiny_chat_model):
+    service = local_service(tiny_tokenizer_dir, model=tiny_chat_model, max_num_seqs=2)
+    whole = local_service(tiny_tokenizer_dir, model=tiny_chat_model, max_num_seqs=2,
+                          options=ServiceOptions(reuse_states=False))
+    try:
+        chat = LocalChat(service, system="Be brief.", max_tokens=6)
+        first = await chat.reply("Hello, my name is Ada.")
+        assert chat.num_cached_tokens == 0
+        second = await chat.reply("What is my name?")
+        assert chat.num_cached_tokens > 0
+        assert service.engine.stats().num_slots_used == 0
+        conversation = [{"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": "Hello, my name is Ada."},
+                        {"role": "assistant", "content": first},
+                        {"role": "user", "content": "What is my name?"}]
+        text, cached = await reply(whole, conversation, max_new_tokens=6)
+        assert (text, cached) == (second, 0)
+    finally:
+        await close_service(service)
+        await close_service(whole)

@@ -1,0 +1,320 @@
+"""The turn seam: the one place where a chat turn happens. HTTP routes, `retserve chat` and
+`retserve eval recall` all call it; nothing else talks to both the store and the engine.
+
+    render the messages -> longest stored prefix (or the session's state) -> encode only the
+    continuation -> AsyncEngine.generate -> the template's end-of-turn tokens fed -> the state
+    saved under the key of the conversation including the reply -> the session pointer moved
+
+The reply's text is the one rule for what was said: the streamed text deltas joined, stop
+strings cut. A state is saved only if it is exactly the state of its conversation fed from
+scratch (the tokens fed equal the tokens the template and tokenizer give for the conversation
+with that reply); when they differ (a stop string cut the reply, the model produced a
+non-canonical tokenisation) the turn's tokens are fed again from its starting state, by the
+same rule. Store trouble never fails a turn: it is counted, and the turn runs without reuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from engine.engine import AsyncEngine
+from engine.sampling import SamplingParams
+from engine.sequence import Request
+from engine.state import RetentionState, dtype_from_name
+from engine.tokenizer import ChatTemplateError, Tokenizer
+from server.errors import bad_request, not_found, overloaded
+from server.state_records import record_from_state, state_from_record
+from server.stop_strings import StopMatcher
+from server.turn_encoding import TurnEncoder, TurnTokens
+from server.turn_metrics import NO_METRICS, TurnMetrics
+from server.turn_stream import Choice, TurnStream, Usage
+from state_store import (
+    ConflictError,
+    ConversationStore,
+    RecordError,
+    SessionInfo,
+    StateRecord,
+    StateStoreError,
+)
+
+logger = logging.getLogger("retserve.chat")
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    max_prompt_tokens: int = 65536
+    max_active: int | None = None  # turns in flight (running + waiting); beyond: 429
+    request_timeout: float | None = None
+    parent_grace: float = 120.0  # seconds a state stays after a turn extends it
+    state_dtype: str = "float32"  # of stored states
+    reuse_states: bool = True
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    tenant: str
+    messages: list[dict]  # role + content (strings), as the chat template takes them
+    params: SamplingParams
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    session_id: str | None = None
+    request_id: str = ""
+
+
+@dataclass
+class TurnPlan:
+    """What a turn starts from and feeds, and where its result goes."""
+
+    turn: ChatTurn
+    tokens: TurnTokens
+    state: RetentionState | None  # the stored state it continues, or None (fed from scratch)
+    base_key: str | None = None  # a session's conversation, known only by its key
+    parent_key: str | None = None  # the stored state this turn extends
+    session: SessionInfo | None = None
+
+    @property
+    def new_messages(self) -> list[dict]:
+        """The messages the saved key chains on top of base_key (all of them without one)."""
+        return self.turn.messages
+
+
+class ChatService:
+    def __init__(self, engine: AsyncEngine, tokenizer: Tokenizer,
+                 conversations: ConversationStore | None = None,
+                 options: ServiceOptions | None = None, metrics: TurnMetrics = NO_METRICS):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.encoder = TurnEncoder(tokenizer)
+        self.conversations = conversations
+        self.options = options or ServiceOptions()
+        self.metrics = metrics
+        llm = engine.engine
+        self.model_config = llm.model.config
+        self.model_fingerprint = llm.model_fingerprint
+        self._pool_dtype = llm.pool.kv.dtype
+        self._state_dtype = dtype_from_name(self.options.state_dtype)
+        self.num_active = 0
+        self.last_store_error: tuple[float, str] | None = None  # (unix time, what failed)
+
+    # turns ---------------------------------------------------------------------------------
+
+    async def start_chat(self, turn: ChatTurn) -> TurnStream:
+        """Plans the turn and queues it; iterate the stream for its deltas. Raises APIError
+        (400 bad messages or prompt too long, 404 an expired session state, 429 overloaded)
+        before anything is generated."""
+        self._admit()
+        try:
+            plan = await self._plan(turn)
+            return self._stream(plan)
+        except BaseException:
+            self._release()
+            raise
+
+    async def start_completion(self, prompt_ids: list[int], params: SamplingParams, n: int = 1,
+                               stop: tuple[str, ...] = (), request_id: str = "") -> TurnStream:
+        """A raw prompt: no conversation, nothing stored."""
+        self._admit()
+        try:
+            self._check_prompt_length(len(prompt_ids))
+            turn = ChatTurn("", [], params, n, stop, None, request_id)
+            plan = TurnPlan(turn, TurnTokens(list(prompt_ids), None, "raw"), None)
+            return self._stream(plan, save=False)
+        except BaseException:
+            self._release()
+            raise
+
+    def _admit(self) -> None:
+        limit = self.options.max_active
+        if limit is not None and self.num_active >= limit:
+            raise overloaded(f"{self.num_active} requests are in flight; retry shortly")
+        self.num_active += 1
+
+    def _release(self) -> None:
+        self.num_active -= 1
+
+    def _check_prompt_length(self, num_tokens: int) -> None:
+        if num_tokens > self.options.max_prompt_tokens:
+            raise bad_request(f"the prompt needs {num_tokens} new tokens, more than this "
+                              f"server's limit of {self.options.max_prompt_tokens}", "messages",
+                              "context_length_exceeded")
+
+    # planning -------------------------------------------------------------------------------
+
+    async def _plan(self, turn: ChatTurn) -> TurnPlan:
+        messages = turn.messages
+        conv = self.conversations if self.options.reuse_states else None
+        session = base_key = parent_key = record = None
+        covered = 0
+        if conv is not None and turn.session_id is not None:
+            session = await self._guard("session", conv.get_session(turn.tenant,
+                                                                      turn.session_id))
+        if session is not None:
+            keys = conv.content_keys(turn.tenant, messages)
+            if session.content_key in keys:  # the whole conversation, resent
+                covered = keys.index(session.content_key) + 1
+                parent_key = session.content_key
+            elif not any(m["role"] == "assistant" for m in messages):  # only the new turn
+                base_key = parent_key = session.content_key
+            # else: an edited history; found below like any conversation
+            if parent_key is not None:
+                record = await self._guard("load", conv.load(turn.tenant, parent_key))
+        if record is None and base_key is None and conv is not None:
+            found = await self._guard("lookup", conv.lookup(turn.tenant, messages))
+            if found is not None:
+                covered, record = found
+                parent_key = conv.content_keys(turn.tenant, messages[:covered])[-1]
+        state = await self._state_of(record)
+        if state is None and base_key is not None:
+            raise not_found(f"the stored state of session {turn.session_id!r} has expired; send "
+                            "the whole conversation", "session_id", "session_state_expired")
+        tokens = None
+        if state is not None:
+            tokens = (self.encoder.after_unknown(messages) if base_key is not None else
+                      await self._encode(self.encoder.after, messages[:covered], messages))
+            if tokens is None and base_key is not None:
+                raise bad_request("this model's chat template needs the whole conversation to "
+                                  "continue it: send every message", "session_id")
+        if tokens is None:  # nothing stored, or the template cannot continue the stored text
+            state, parent_key = None, None
+            tokens = await self._encode(self.encoder.whole, messages)
+        self._check_prompt_length(len(tokens.ids))
+        cached = 0 if state is None else int(state.num_tokens[0])
+        self.metrics.prefix_lookup(cached + len(tokens.ids), cached)
+        return TurnPlan(turn, tokens, state, base_key, parent_key, session)
+
+    async def _encode(self, fn, *args) -> TurnTokens | None:
+        try:
+            if sum(len(m.get("content") or "") for m in args[-1]) > 65536:
+                return await asyncio.to_thread(fn, *args)  # long histories: off the event loop
+            return fn(*args)
+        except ChatTemplateError as e:
+            raise bad_request(f"messages: {e}", "messages") from e
+
+    async def _state_of(self, record: StateRecord | None) -> RetentionState | None:
+        if record is None:
+            return None
+        try:
+            return await asyncio.to_thread(state_from_record, record, self.model_config,
+                                           self._pool_dtype)
+        except RecordError as e:
+            self.conversations.stats.refuse(e.reason)
+            logger.warning("stored state refused: %s", e)
+            return None
+
+    async def _guard(self, operation: str, call):
+        """A store call whose failure the turn survives: None (a refused record is a miss,
+        counted by the store; a failing store is counted here)."""
+        try:
+            return await call
+        except RecordError:
+            return None
+        except ConflictError:
+            raise
+        except (StateStoreError, OSError, TimeoutError) as e:
+            self._store_failed(operation, e)
+            return None
+
+    def _store_failed(self, operation: str, error: BaseException) -> None:
+        self.last_store_error = (time.time(), f"{operation}: {type(error).__name__}: {error}")
+        self.metrics.store_error(operation)
+        logger.warning("state store %s failed, serving without it: %s", operation, error)
+
+    # generation -----------------------------------------------------------------------------
+
+    def _stream(self, plan: TurnPlan, save: bool = True) -> TurnStream:
+        turn = plan.turn
+        request_id = turn.request_id or uuid.uuid4().hex
+        ids = plan.tokens.ids
+        save = save and self.conversations is not None and self.options.reuse_states
+        trailing = self.encoder.end_of_turn_ids if save else ()
+        prefill = None
+        start_ids, start_state = ids, plan.state
+        if turn.n > 1 and len(ids) > 1:  # prefill once, every choice continues a copy
+            prefill = Request(f"{request_id}-prefill", ids[:-1], initial_state=plan.state,
+                              prefill_only=True)
+            start_ids, start_state = ids[-1:], None
+        choices = []
+        for i in range(turn.n):
+            params = turn.params
+            if turn.n > 1 and params.seed is not None:
+                params = replace(params, seed=params.seed + i)  # n different draws, repeatable
+            request = Request(f"{request_id}-{i}", start_ids, params, initial_state=start_state,
+                              return_state=save, trailing_ids=trailing)
+            choices.append(Choice(i, request, StopMatcher(turn.stop)))
+        cached = 0 if plan.state is None else int(plan.state.num_tokens[0])
+        timeout = self.options.request_timeout
+        return TurnStream(
+            self.engine, choices, Usage(cached + len(ids), cached), self.metrics,
+            prefill=prefill, deadline=None if timeout is None else time.monotonic() + timeout,
+            on_complete=(lambda stream: self._save(plan, stream)) if save else None,
+            on_close=self._release)
+
+    # saving ---------------------------------------------------------------------------------
+
+    async def _save(self, plan: TurnPlan, stream: TurnStream) -> None:
+        """Every choice's state under its conversation's key; the parent retired; the session
+        moved to the first choice. Failures are counted, never raised."""
+        turn, conv = plan.turn, self.conversations
+        if any(c.finish_reason not in ("stop", "length") for c in stream.choices):
+            return
+        keys, first_record = [], None
+        for choice in stream.choices:
+            reply = {"role": "assistant", "content": choice.text}
+            state = await self._exact_state(plan, choice, reply)
+            if state is None:
+                keys.append(None)
+                continue
+            record = await asyncio.to_thread(record_from_state, state, self.model_fingerprint,
+                                             self._state_dtype)
+            keys.append(await self._guard("save", conv.save(
+                turn.tenant, [*plan.new_messages, reply], record, base_key=plan.base_key)))
+            if choice.index == 0:
+                first_record = record
+        if plan.parent_key is not None and any(keys):
+            await self._guard("retire", conv.retire(turn.tenant, plan.parent_key,
+                                                    self.options.parent_grace))
+        if turn.session_id is not None and keys[0] is not None:
+            previous = plan.session.content_key if plan.session is not None else None
+            try:
+                await self._guard("session", conv.set_session(
+                    turn.tenant, turn.session_id, keys[0], previous, record=first_record))
+            except (ConflictError, LookupError):
+                logger.warning("session %r moved during a turn; its pointer keeps the other "
+                               "turn's state", turn.session_id)
+
+    async def _exact_state(self, plan: TurnPlan, choice: Choice, reply: Mapping
+                           ) -> RetentionState | None:
+        """The state of the conversation with this reply, exactly as fed from scratch."""
+        try:
+            expected = self.encoder.reply(plan.tokens, plan.turn.messages, reply)
+        except ChatTemplateError:
+            return None
+        if expected is None:
+            return None
+        body = choice.token_ids
+        if choice.finish_reason == "stop" and body and body[-1] in self.tokenizer.stop_token_ids:
+            body = body[:-1]  # the engine does not feed a stop token; the end of turn follows
+        fed = [*plan.tokens.ids, *body, *self.encoder.end_of_turn_ids]
+        if choice.final_state is not None and fed == expected:
+            return choice.final_state
+        if len(expected) > self.options.max_prompt_tokens:
+            return None
+        return await self._feed(plan.state, expected)
+
+    async def _feed(self, state: RetentionState | None, ids: list[int]
+                    ) -> RetentionState | None:
+        request = Request(f"refeed-{uuid.uuid4().hex}", ids, initial_state=state,
+                          prefill_only=True)
+        stream = self.engine.generate(request)
+        try:
+            async for output in stream:
+                if output.finished:
+                    return output.state if output.finish_reason != "abort" else None
+        finally:
+            await stream.aclose()
+        return None

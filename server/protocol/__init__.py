@@ -1,0 +1,1 @@
+"""OpenAI protocol models: requests (validated, turned into engine parameters) and responses."""

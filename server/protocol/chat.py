@@ -1,0 +1,149 @@
+"""POST /v1/chat/completions: the request, its conversion into a chat turn, the responses."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from engine.sampling import TokenLogprob
+from server.chat_service import ChatTurn
+from server.errors import bad_request
+from server.protocol.common import Limits, OpenAIModel, SamplingFields, UsageInfo
+from server.token_text import TokenText
+
+# OpenAI's developer role is the system role of models trained before it existed
+ROLE_FOR_TEMPLATE = {"developer": "system"}
+MAX_SESSION_ID = 256
+
+
+class ContentPart(OpenAIModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(OpenAIModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = Field(None, max_length=256)
+
+
+class StreamOptions(OpenAIModel):
+    include_usage: bool = False
+
+
+class ResponseFormat(OpenAIModel):
+    type: str = "text"
+
+
+class ChatCompletionRequest(SamplingFields):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    session_id: str | None = Field(None, min_length=1, max_length=MAX_SESSION_ID,
+                                   description="retserve: continue this session's state")
+
+    def to_turn(self, tenant: str, limits: Limits, session_id: str | None,
+                request_id: str) -> ChatTurn:
+        if self.response_format is not None and self.response_format.type != "text":
+            raise bad_request(f"response_format {self.response_format.type!r} is not supported "
+                              "by this server", "response_format", "unsupported_parameter")
+        if self.tools:
+            raise bad_request("tools are not supported by this server", "tools",
+                              "unsupported_parameter")
+        if self.top_logprobs and not self.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+        max_tokens = self.max_completion_tokens or self.max_tokens
+        num_logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return ChatTurn(tenant=tenant, messages=self.template_messages(),
+                        params=self.sampling_params(max_tokens, limits, num_logprobs),
+                        n=self.check_n(limits), stop=self.stop_strings(),
+                        session_id=self.session_id or session_id, request_id=request_id)
+
+    def template_messages(self) -> list[dict]:
+        """Messages as the chat template takes them: a role and a string; the same
+        conversation gives the same dicts however the client spelled it (content parts joined,
+        null fields dropped), so its content key is the same too."""
+        out = []
+        for i, message in enumerate(self.messages):
+            content = message.content
+            if isinstance(content, list):
+                texts = []
+                for j, part in enumerate(content):
+                    if part.type != "text" or part.text is None:
+                        raise bad_request(f"messages[{i}].content[{j}]: content part type "
+                                          f"{part.type!r} is not supported (text only)",
+                                          f"messages.{i}.content.{j}.type")
+                    texts.append(part.text)
+                content = "\n".join(texts)
+            if content is None:
+                if message.role != "assistant":
+                    raise bad_request(f"messages[{i}].content is required", f"messages.{i}")
+                content = ""
+            entry = {"role": ROLE_FOR_TEMPLATE.get(message.role, message.role),
+                     "content": content}
+            if message.name:
+                entry["name"] = message.name
+            out.append(entry)
+        return out
+
+
+# responses --------------------------------------------------------------------------------
+
+
+class TopLogprob(OpenAIModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChoiceLogprobs(OpenAIModel):
+    content: list[TokenLogprobOut] | None = None
+
+
+class ResponseMessage(OpenAIModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(OpenAIModel):
+    index: int
+    message: ResponseMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionResponse(OpenAIModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: UsageInfo
+
+
+def logprobs_content(logprobs: list[TokenLogprob] | None, token_text: TokenText
+                     ) -> list[dict] | None:
+    """Engine logprobs -> OpenAI's `logprobs.content` entries."""
+    if logprobs is None:
+        return None
+
+    def entry(token_id: int, logprob: float) -> dict:
+        raw = token_text.bytes(token_id)
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob,
+                "bytes": list(raw)}
+
+    return [{**entry(lp.token_id, lp.logprob),
+             "top_logprobs": [entry(t, v) for t, v in lp.top]} for lp in logprobs]

@@ -1,0 +1,51 @@
+"""Liveness, readiness, version and metrics: what orchestrators and gateways poll."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from server import __version__
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", summary="Liveness: 200 once the model is loaded, 503 while it loads")
+async def health(request: Request) -> JSONResponse:
+    lifecycle = request.app.state.lifecycle
+    if request.app.state.runtime is None:
+        return JSONResponse({"status": lifecycle.phase, "error": lifecycle.failure},
+                            status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready", summary="Readiness: 200 when requests can be served (the body says if the "
+            "store is degraded); 503 while loading or draining")
+async def ready(request: Request) -> JSONResponse:
+    lifecycle, runtime = request.app.state.lifecycle, request.app.state.runtime
+    if runtime is None or lifecycle.is_draining:
+        return JSONResponse({"status": lifecycle.phase, "error": lifecycle.failure},
+                            status_code=503)
+    problem = await runtime.check_store()
+    body = {"status": "ready", "store": "ok" if problem is None else "degraded",
+            "store_backend": runtime.store.backend,
+            "in_flight": lifecycle.num_in_flight}
+    if problem is not None:
+        body["reason"] = f"state store unreachable ({problem}): turns are served without "\
+                         "reuse (full prefill)"
+    return JSONResponse(body)
+
+
+@router.get("/version")
+async def version(request: Request) -> JSONResponse:
+    runtime = request.app.state.runtime
+    body = {"version": __version__, "model": request.app.state.settings.model_name}
+    if runtime is not None:
+        body["model_fingerprint"] = runtime.service.model_fingerprint
+    return JSONResponse(body)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")

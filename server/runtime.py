@@ -1,0 +1,96 @@
+"""The long-lived objects of a running server, built once from the settings: model, tokenizer,
+engine, state store and the chat service that joins them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from engine.engine import AsyncEngine, LLMEngine
+from engine.engine_config import EngineConfig
+from engine.state import dtype_from_name
+from engine.tokenizer import Tokenizer
+from server.chat_service import ChatService, ServiceOptions
+from server.metrics import ServerMetrics
+from server.protocol.common import Limits
+from server.settings import Settings
+from server.token_text import TokenText
+from state_store import ConversationStore, HotCache, StateStore, StoreUnavailable, open_store
+
+logger = logging.getLogger("retserve.runtime")
+STORE_DEGRADED_SECONDS = 30.0  # a store error this recent keeps /ready at "degraded"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    tokenizer: Tokenizer
+    engine: AsyncEngine
+    store: StateStore
+    conversations: ConversationStore
+    service: ChatService
+    token_text: TokenText
+    limits: Limits
+    created: int
+
+    @classmethod
+    def build(cls, settings: Settings, metrics: ServerMetrics) -> Runtime:
+        """Loads the model and opens the store (blocking: call it off the event loop)."""
+        tokenizer = Tokenizer.from_dir(settings.model)
+        config = EngineConfig(
+            max_num_seqs=settings.max_num_seqs, max_waiting=settings.max_waiting,
+            max_num_batched_tokens=max(2048, 2 * settings.max_num_seqs + 512),
+            device=settings.device, dtype=settings.dtype, num_threads=settings.num_threads)
+        engine = AsyncEngine(LLMEngine.from_checkpoint(settings.model, config, tokenizer))
+        store = open_store(settings.resolved_store_url, default_ttl=settings.state_ttl,
+                           timeout=settings.store_timeout)
+        llm = engine.engine
+        hot_cache = HotCache(settings.hot_cache_mb * 2**20) if settings.hot_cache_mb else None
+        conversations = ConversationStore(store, llm.model_fingerprint, hot_cache=hot_cache,
+                                          namespace=settings.store_namespace,
+                                          ttl=settings.state_ttl)
+        options = ServiceOptions(
+            max_prompt_tokens=settings.max_prompt_tokens,
+            max_active=settings.max_num_seqs + settings.max_waiting,
+            request_timeout=settings.request_timeout, parent_grace=settings.parent_grace,
+            state_dtype=settings.state_dtype, reuse_states=settings.reuse_states)
+        service = ChatService(engine, tokenizer, conversations, options, metrics)
+        limits = Limits(max_output_tokens=settings.max_output_tokens,
+                        default_max_tokens=settings.default_max_tokens, max_n=settings.max_n,
+                        vocab_size=llm.model.config.vocab_size)
+        runtime = cls(settings, tokenizer, engine, store, conversations, service,
+                      TokenText(tokenizer, settings.model / "tokenizer.json"), limits,
+                      int(time.time()))
+        metrics.attach(engine.stats, store.stats.snapshot, runtime.state_bytes,
+                       runtime.is_store_up)
+        logger.info("loaded %s (%s, fingerprint %s), %d state slots of %d bytes, store %s",
+                    settings.model_name, settings.model, llm.model_fingerprint[:12],
+                    llm.pool.num_slots, runtime.state_bytes, store.backend)
+        return runtime
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of one conversation's stored state: fixed by the model, whatever its length."""
+        itemsize = torch.finfo(dtype_from_name(self.settings.state_dtype)).bits // 8
+        return self.engine.engine.model.config.state_numel * itemsize
+
+    def is_store_up(self) -> bool:
+        failed = self.service.last_store_error
+        return failed is None or time.time() - failed[0] > STORE_DEGRADED_SECONDS
+
+    async def check_store(self) -> str | None:
+        """None if the store answers now, else why not."""
+        try:
+            await self.store.get(f"{self.settings.store_namespace}:ready-probe")
+        except (StoreUnavailable, OSError, TimeoutError) as e:
+            return f"{type(e).__name__}: {e}"
+        except Exception as e:  # an error reply: the store is there but unwell
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    async def close(self) -> None:
+        self.engine.shutdown()
+        await self.store.close()
