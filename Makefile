@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 venv: $(VENV)/.installed
 
 serve: venv
-	$(BIN)/retserve chat
+	$(BIN)/retserve serve
 
 test: venv
 	$(BIN)/python -m pytest -q

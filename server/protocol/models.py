@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from server.protocol.common import OpenAIModel
 
 
@@ -12,7 +14,12 @@ class ModelCard(OpenAIModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "retserve"
-    max_model_len: int | None = None
+    max_model_len: int | None = Field(None, description="tokens one request may feed")
+    state_bytes: int | None = Field(None, description="retserve: bytes of one conversation's "
+                                    "stored state, whatever its length")
+    kv_cache_bytes_per_token: int | None = Field(
+        None, description="retserve: bytes a transformer with this model's layers and hidden "
+        "size (fp16) would add to its KV cache per token: computed, for comparison")
 
 
 class ModelList(OpenAIModel):

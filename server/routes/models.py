@@ -22,8 +22,11 @@ def check_model(runtime: Runtime, name: str) -> str:
 
 
 def _card(runtime: Runtime) -> ModelCard:
+    config = runtime.engine.engine.model.config
     return ModelCard(id=runtime.settings.model_name, created=runtime.created,
-                     max_model_len=runtime.settings.max_prompt_tokens)
+                     max_model_len=runtime.settings.max_prompt_tokens,
+                     state_bytes=runtime.state_bytes,
+                     kv_cache_bytes_per_token=2 * config.num_layers * config.hidden_size * 2)
 
 
 @router.get("/v1/models", response_model=ModelList)
