@@ -5,6 +5,7 @@ import os
 import pytest
 
 from tests.redis_server import RedisServer, redis_answers
+from tests.server_process import ServerProcess
 
 # Multi-byte text the tiny tokenizer sees often enough to merge partially, so some tokens end
 # inside a character (what the detokenizer must cope with).
@@ -54,4 +55,19 @@ def redis_url(tmp_path_factory):
     try:
         yield server.url
     finally:
+        server.kill()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Start `retserve serve` processes: `start_server(**settings)`; killed at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(wait: bool = True, **settings) -> ServerProcess:
+        server = ServerProcess(tmp_path / f"server{len(started)}", **settings)
+        started.append(server)
+        return server.start(wait=wait)
+
+    yield start
+    for server in started:
         server.kill()
