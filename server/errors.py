@@ -6,6 +6,7 @@ into a 500 that says nothing about internals."""
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,8 +60,14 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+# pydantic names the union member an error came from ("str", "list[ContentPart]", ...): not a
+# parameter a client can find in its request
+_UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|function-\w+|[a-z-]+\[.*\])$")
+
+
 def _param(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")]
+    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")
+             and not (isinstance(p, str) and _UNION_TAG.match(p))]
     return ".".join(parts) or None
 
 
@@ -72,6 +79,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     if first.get("type") == "json_invalid":
         return bad_request("the body is not valid JSON", code="invalid_json")
     param = _param(tuple(first.get("loc", ())))
+    if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
+        return bad_request("the request body must be a JSON object (Content-Type: "
+                           "application/json)", code="invalid_body")
     if first.get("type") == "missing":
         return bad_request(f"missing required parameter: {param}", param, "missing_required")
     message = str(first.get("msg", "invalid value"))
