@@ -42,3 +42,25 @@ async def test_follow_up_turn_resumes_from_the_session_state(tiny_tokenizer_dir,
     finally:
         await close_service(service)
         await close_service(whole)
+
+
+async def test_the_terminal_chat_is_a_client_of_a_running_server(start_server):
+    from server.commands.chat import RemoteChat
+
+    server = start_server(store_url="memory://")
+    chat = RemoteChat(server.url)
+    try:
+        assert await chat.reply("My name is Ingrid.") == "Noted."
+        assert chat.num_cached_tokens == 0
+        assert await chat.reply("What is my name?") == "Ingrid"
+        assert chat.num_cached_tokens > 0
+    finally:
+        await chat.close()
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "server.cli", "chat", "--url", server.url],
+                          input="My name is Ingrid.\nWhat is my name?\n", capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["bot>", "Noted.", "bot>", "Ingrid"]
