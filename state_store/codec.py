@@ -10,7 +10,9 @@ Layout (little-endian):
    28  H  header: compact JSON (fingerprint, dtype, tensors, num_tokens, tenant, timestamps)
  28+H  B  body: the raw tensors, packed in header order
 
-The fixed prefix is checked before anything is parsed; the checksum before the JSON is trusted.
+The fixed prefix is checked before anything is parsed; the checksum before the JSON is read; the
+JSON against record.check_header before any field is used. Whatever a stored record holds, decoding
+returns a record or raises a RecordError.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from state_store.errors import (
     TruncatedRecord,
     UnknownVersion,
 )
-from state_store.record import DTYPE_SIZES, StateRecord, expected_body_size
+from state_store.record import StateRecord, check_header, expected_body_size, header_fields
 
 MAGIC = b"RSST"
 VERSION = 1
@@ -47,27 +49,16 @@ def _checksum(prefix, header, body) -> int:
 
 
 def _header_json(rec: StateRecord) -> bytes:
-    fields = {
-        "model_fingerprint": rec.model_fingerprint,
-        "dtype": rec.dtype,
-        "tensors": [[name, list(shape)] for name, shape in rec.tensors],
-        "num_tokens": rec.num_tokens,
-        "tenant": rec.tenant,
-        "created_at": rec.created_at,
-        "updated_at": rec.updated_at,
-    }
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(header_fields(rec), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def validate(rec: StateRecord) -> None:
-    """Refuse to write a record that could never be read back."""
-    if not rec.model_fingerprint:
-        raise ValueError("model_fingerprint is empty")
-    if rec.dtype not in DTYPE_SIZES:
-        raise ValueError(f"unknown dtype {rec.dtype!r}")
-    if rec.num_tokens < 0 or any(d < 0 for _, s in rec.tensors for d in s):
-        raise ValueError("negative num_tokens or dimension")
-    want = expected_body_size(rec.dtype, rec.tensors)
+    """Refuse to write a record that could never be read back: decode's checks, as ValueError."""
+    try:
+        fields = check_header(header_fields(rec))
+    except MalformedRecord as e:
+        raise ValueError(str(e)) from None
+    want = expected_body_size(fields["dtype"], fields["tensors"])
     if len(rec.body) != want:
         raise ValueError(f"body is {len(rec.body)} bytes, dtype x shapes say {want}")
 
@@ -75,6 +66,8 @@ def validate(rec: StateRecord) -> None:
 def encode_record(rec: StateRecord) -> bytes:
     validate(rec)
     header = _header_json(rec)
+    if len(header) > MAX_HEADER:
+        raise ValueError(f"header of {len(header)} bytes, readers refuse above {MAX_HEADER}")
     body = memoryview(rec.body).cast("B")
     prefix = _PREFIX.pack(MAGIC, VERSION, 0, len(header), len(body))
     checksum = _CHECKSUM.pack(_checksum(prefix, header, body))
@@ -88,11 +81,13 @@ def decode_record(data: bytes | memoryview, expected_fingerprint: str | None) ->
         if bytes(mv[:4]) != MAGIC[: len(mv[:4])]:
             raise BadMagic("not a state record")
         raise TruncatedRecord(f"{len(mv)} bytes, shorter than the fixed header")
-    magic, version, _flags, header_len, body_len = _PREFIX.unpack_from(mv)
+    magic, version, flags, header_len, body_len = _PREFIX.unpack_from(mv)
     if magic != MAGIC:
         raise BadMagic("not a state record")
     if version != VERSION:
         raise UnknownVersion(f"format version {version}, this build reads {VERSION}")
+    if flags:  # reserved: a writer that sets one means something this build cannot know
+        raise UnknownVersion(f"flags {flags:#06x}, this build knows none")
     if header_len > MAX_HEADER:
         raise MalformedRecord(f"header length {header_len}")
     end = FIXED_SIZE + header_len + body_len
@@ -106,24 +101,32 @@ def decode_record(data: bytes | memoryview, expected_fingerprint: str | None) ->
     if _checksum(mv[: _PREFIX.size], header, body) != stored:
         raise ChecksumMismatch("record bytes changed since they were written")
     try:
-        fields = json.loads(bytes(header))
-        tensors = tuple((name, tuple(shape)) for name, shape in fields["tensors"])
-        fingerprint = fields["model_fingerprint"]
-        dtype = fields["dtype"]
-    except (ValueError, KeyError, TypeError) as e:
+        # UTF-8 only (json.loads would guess UTF-16/32 from bytes); a key given twice refused, so
+        # a header cannot mean one thing here and another to a different parser
+        parsed = _HEADER_DECODER.decode(str(header, "utf-8"))
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, nesting past the stack
         raise MalformedRecord(f"header does not parse: {e}") from e
+    fields = check_header(parsed)
+    fingerprint = fields["model_fingerprint"]
     if expected_fingerprint is not None and fingerprint != expected_fingerprint:
         raise FingerprintMismatch(f"record for model {fingerprint[:16]}, "
                                   f"expected {expected_fingerprint[:16]}")
-    if dtype not in DTYPE_SIZES or expected_body_size(dtype, tensors) != body_len:
-        raise MalformedRecord(f"body of {body_len} bytes does not match {dtype} x shapes")
-    return StateRecord(
-        model_fingerprint=fingerprint,
-        dtype=dtype,
-        tensors=tensors,
-        num_tokens=int(fields["num_tokens"]),
-        body=b"".join((body,)),  # = bytes(body), but join drops the GIL for big copies
-        tenant=fields.get("tenant", ""),
-        created_at=float(fields.get("created_at", 0.0)),
-        updated_at=float(fields.get("updated_at", 0.0)),
-    )
+    if expected_body_size(fields["dtype"], fields["tensors"]) != body_len:
+        raise MalformedRecord(f"body of {body_len} bytes does not match {fields['dtype']} x shapes")
+    # = bytes(body), but join drops the GIL for big copies
+    return StateRecord(body=b"".join((body,)), **fields)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        raise ValueError("a key appears twice")
+    return fields
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # json.loads would read NaN/Infinity as floats
+
+
+# built once: json.loads with hooks builds a decoder per call
+_HEADER_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
