@@ -25,6 +25,8 @@ from tokenizers import Tokenizer as HFTokenizer
 Message = Mapping[str, Any]
 
 _REPLY_SENTINEL = "RETSERVEREPLYSENTINEL"
+# far past any message shape (tool calls nest four deep); keeps every walk over a message bounded
+_MAX_MESSAGE_DEPTH = 32
 
 
 class ChatTemplateError(ValueError):
@@ -88,8 +90,36 @@ def _validate_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
             raise ChatTemplateError(f"messages[{i}].role must be a non-empty string")
         if not isinstance(content, str):
             raise ChatTemplateError(f"messages[{i}].content must be a string")
+        _check_unicode(message, f"messages[{i}]")
         checked.append(dict(message))
     return checked
+
+
+def _check_unicode(value: Any, where: str, depth: int = 0) -> None:
+    """Every string (keys too) encodable, nesting bounded: anything a template may render."""
+    if isinstance(value, str):
+        if not value.isascii() and (bad := _lone_surrogate(value)) is not None:
+            raise ChatTemplateError(f"{where} holds a lone surrogate (U+{ord(bad):04X}); "
+                                    f"text must be valid Unicode")
+    elif isinstance(value, (Mapping, list, tuple)):
+        if depth >= _MAX_MESSAGE_DEPTH:
+            raise ChatTemplateError(f"{where} is nested deeper than {_MAX_MESSAGE_DEPTH} levels")
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                _check_unicode(key, f"{where} key", depth + 1)
+                _check_unicode(item, f"{where}.{key}", depth + 1)
+        else:
+            for j, item in enumerate(value):
+                _check_unicode(item, f"{where}[{j}]", depth + 1)
+
+
+def _lone_surrogate(text: str) -> str | None:
+    # JSON's "\ud800" escape parses to one; tokenizers (and UTF-8) cannot take it
+    try:
+        text.encode()
+    except UnicodeEncodeError as e:
+        return text[e.start]
+    return None
 
 
 def _token_content(value: Any) -> str | None:
@@ -175,8 +205,15 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of `text`; special-token text becomes its special id. BOS comes from templates."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        """Ids of `text`; special-token text becomes its special id. BOS comes from templates.
+        ValueError for text that is not valid Unicode (a lone surrogate)."""
+        try:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        except TypeError:  # tokenizers says "must be str" of a str with a lone surrogate
+            if isinstance(text, str) and (bad := _lone_surrogate(text)) is not None:
+                raise ValueError(f"text holds a lone surrogate (U+{ord(bad):04X}); "
+                                 f"it must be valid Unicode") from None
+            raise
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -242,7 +279,7 @@ class Tokenizer:
     def _sanitize(self, value: Any, substitutions: dict[str, str]) -> Any:
         if isinstance(value, Mapping):
             return {k: self._sanitize(v, substitutions) for k, v in value.items()}
-        if isinstance(value, list):
+        if isinstance(value, (list, tuple)):
             return [self._sanitize(v, substitutions) for v in value]
         if not isinstance(value, str) or not self._special_tokens:
             return value
@@ -288,8 +325,10 @@ class IncrementalDetokenizer:
     """
 
     # A UTF-8 character has at most 4 bytes and every token adds at least one: a window still
-    # ending in U+FFFD after this many pending tokens holds truly invalid bytes.
+    # ending in U+FFFD after this many pending tokens holds truly invalid bytes, and only its
+    # last 3 tokens can hold the start of a character still to come.
     MAX_PENDING = 6
+    MAX_INCOMPLETE = 3
 
     def __init__(
         self,
@@ -314,11 +353,19 @@ class IncrementalDetokenizer:
         self._ids.append(token_id)
         emitted = self._decode(self._ids[: self._read])
         text = self._decode(self._ids)
-        is_pending = text.endswith("\ufffd") and len(self._ids) - self._read < self.MAX_PENDING
-        if is_pending or len(text) <= len(emitted):
+        release = len(self._ids)
+        if text.endswith("\ufffd"):
+            if release - self._read < self.MAX_PENDING:
+                return ""
+            # Invalid bytes: release all but the last tokens. The trailing U+FFFD may be the
+            # first bytes of a character (3 at most, so in the last 3 tokens) that is still
+            # to come; everything before them stays what it decodes to now.
+            release -= self.MAX_INCOMPLETE
+            text = self._decode(self._ids[:release])
+        if len(text) <= len(emitted):
             return ""
         self._ids = self._ids[self._read :]
-        self._read = len(self._ids)
+        self._read = release - self._read
         return text[len(emitted) :]
 
     def flush(self) -> str:
