@@ -150,11 +150,11 @@ class ChatService:
         conv = self.conversations if self.options.reuse_states else None
         session = base_key = parent_key = record = None
         covered = 0
+        keys = conv.content_keys(turn.tenant, messages) if conv is not None else []
         if conv is not None and turn.session_id is not None:
             session = await self._guard("session", conv.get_session(turn.tenant,
                                                                       turn.session_id))
         if session is not None:
-            keys = conv.content_keys(turn.tenant, messages)
             if session.content_key in keys:  # the whole conversation, resent
                 covered = keys.index(session.content_key) + 1
                 parent_key = session.content_key
@@ -164,10 +164,10 @@ class ChatService:
             if parent_key is not None:
                 record = await self._guard("load", conv.load(turn.tenant, parent_key))
         if record is None and base_key is None and conv is not None:
-            found = await self._guard("lookup", conv.lookup(turn.tenant, messages))
+            found = await self._guard("lookup", conv.lookup(turn.tenant, messages, keys))
             if found is not None:
                 covered, record = found
-                parent_key = conv.content_keys(turn.tenant, messages[:covered])[-1]
+                parent_key = keys[covered - 1]
         state = await self._state_of(record)
         if state is None and base_key is not None:
             raise not_found(f"the stored state of session {turn.session_id!r} has expired; send "

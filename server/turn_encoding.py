@@ -50,11 +50,14 @@ class TurnEncoder:
     def after(self, history: Sequence[Message], messages: Sequence[Message],
               add_generation_prompt: bool = True) -> TurnTokens | None:
         """Tokens `messages` add after `history` (their prefix, ending with an assistant turn);
-        None when the template does not render history as a text prefix."""
-        ids = self.tokenizer.encode_chat_continuation(history, messages, add_generation_prompt)
-        if ids is None and self.is_history_free:  # e.g. special-token text in a new message
-            unknown = self.after_unknown(messages[len(history):], add_generation_prompt)
-            ids = None if unknown is None else unknown.ids
+        None when the template does not render history as a text prefix. A template that
+        renders turns alone costs only the new messages' rendering, whatever the history's
+        length; any other renders the history too."""
+        if self.is_history_free:
+            ids = self._after_probe(_PROBES[0], messages[len(history):], add_generation_prompt)
+        else:
+            ids = self.tokenizer.encode_chat_continuation(history, messages,
+                                                          add_generation_prompt)
         return None if ids is None else TurnTokens(ids, tuple(history), "after")
 
     def after_unknown(self, new_messages: Sequence[Message], add_generation_prompt: bool = True

@@ -115,10 +115,13 @@ class ConversationStore:
             self.hot_cache.put(key, rec)
         return rec
 
-    async def lookup(self, tenant: str, messages: Messages) -> tuple[int, StateRecord] | None:
+    async def lookup(self, tenant: str, messages: Messages,
+                     prefix_keys: list[str] | None = None) -> tuple[int, StateRecord] | None:
         """(number of messages covered, record) for the longest stored prefix of `messages`
-        that ends at an assistant message; None on a miss. Refused records count as misses."""
-        prefix_keys = keys.content_keys(tenant, self.model_fingerprint, messages)
+        that ends at an assistant message; None on a miss. Refused records count as misses.
+        `prefix_keys`: the messages' content_keys, when the caller has them already."""
+        if prefix_keys is None:
+            prefix_keys = keys.content_keys(tenant, self.model_fingerprint, messages)
         ends = [i for i in range(len(messages) - 1, -1, -1)
                 if messages[i].get("role") == "assistant"][: self.max_lookup_probes]
         with self.stats.timed(self.store.backend, "lookup") as t:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 
-BENCHMARKS = ("forms", "decode", "store", "state_dtype")
+BENCHMARKS = ("forms", "decode", "store", "state_dtype", "turns")
 
 
 def register(sub) -> None:

@@ -37,7 +37,10 @@ class CompletionRequest(SamplingFields):
                 raise bad_request("one prompt per request", "prompt")
             prompt = prompt[0]
         if isinstance(prompt, str):
-            ids = tokenizer.encode(prompt)
+            try:
+                ids = tokenizer.encode(prompt)
+            except ValueError as e:
+                raise bad_request(f"prompt: {e}", "prompt") from e
         else:
             ids = list(prompt)
             if any(not 0 <= t < vocab_size for t in ids):

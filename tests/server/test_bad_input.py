@@ -3,6 +3,8 @@ unknown OpenAI fields are accepted and ignored."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -128,3 +130,18 @@ def test_unknown_openai_fields_are_accepted_and_ignored(http):
 def test_the_server_is_healthy_after_all_of_it(http):
     assert http.get("/health").status_code == 200
     assert http.post("/v1/chat/completions", json=chat()).status_code == 200
+
+
+def test_lone_surrogates_are_400s_wherever_they_hide(http):
+    surrogate = "\ud800"
+    bodies = [chat(messages=[{"role": "user", "content": f"hi {surrogate}"}]),
+              chat(messages=[{"role": "user", "content": [{"type": "text",
+                                                           "text": surrogate}]}]),
+              chat(messages=[{"role": "user", "content": "hi", "name": surrogate}]),
+              chat(stop=[surrogate]), chat(session_id=surrogate), chat(user=surrogate),
+              {"model": MODEL_NAME, "prompt": surrogate, "max_tokens": 2}]
+    for body in bodies:
+        path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+        # json.dumps writes the lone surrogate as the escape "\ud800", as a client would
+        assert_error(http.post(path, content=json.dumps(body),
+                               headers={"content-type": "application/json"}), 400)
