@@ -12,7 +12,6 @@ from sse_starlette.sse import AppStatus, EventSourceResponse
 
 from server.turn_stream import TurnStream
 
-KEEPALIVE_SECONDS = 10.0
 DONE = "[DONE]"
 
 # sse-starlette would cancel every stream the moment SIGTERM arrives; retserve drains instead
@@ -20,9 +19,10 @@ DONE = "[DONE]"
 AppStatus.disable_automatic_graceful_drain()
 
 
-def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None
-                 ) -> EventSourceResponse:
-    return EventSourceResponse(events, ping=KEEPALIVE_SECONDS, sep="\n", headers=headers)
+def sse_response(events: AsyncIterator[str], keepalive_seconds: float,
+                 headers: dict[str, str] | None = None) -> EventSourceResponse:
+    """`data: ...` events; a `: ping` comment whenever the stream is idle for a while."""
+    return EventSourceResponse(events, ping=keepalive_seconds, sep="\n", headers=headers)
 
 
 class ClientDisconnected(Exception):

@@ -39,7 +39,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
             "system_fingerprint": runtime.service.model_fingerprint[:16]}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_chunks(stream, head, turn.n, include_usage, runtime, log))
+        return sse_response(_chunks(stream, head, turn.n, include_usage, runtime, log),
+                            runtime.settings.keepalive_seconds)
     return await run_until_disconnect(request, _complete(stream, head, turn.n, runtime, log))
 
 

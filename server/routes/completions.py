@@ -43,7 +43,8 @@ async def create_completion(body: CompletionRequest, request: Request, runtime: 
             "system_fingerprint": runtime.service.model_fingerprint[:16]}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_chunks(stream, head, n, echo, include_usage, runtime, log))
+        return sse_response(_chunks(stream, head, n, echo, include_usage, runtime, log),
+                            runtime.settings.keepalive_seconds)
     return await run_until_disconnect(request, _complete(stream, head, n, echo, runtime, log))
 
 

@@ -71,3 +71,27 @@ def test_an_overfull_queue_answers_429_with_retry_after(start_server):
     refused = next(r for r in responses if r.status_code == 429)
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_a_stream_waiting_for_a_slot_gets_keepalive_comments(start_server):
+    server = start_server(store_url="memory://", max_num_seqs=1, keepalive_seconds=0.3)
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            hog = asyncio.create_task(client.post("/v1/chat/completions", json={
+                **LONG, "max_tokens": 300, "messages": [user("Talk for a while.")]}))
+            await asyncio.sleep(0.5)  # the hog holds the only slot
+            lines = []
+            async with client.stream("POST", "/v1/chat/completions", json={
+                    **LONG, "max_tokens": 2, "stream": True,
+                    "messages": [user("Me too.")]}) as response:
+                async for line in response.aiter_lines():
+                    lines.append(line)
+            await hog
+            return lines
+
+    lines = asyncio.run(run())
+    first_token = next(i for i, line in enumerate(lines) if '"content": "' in line
+                       and '"content": ""' not in line)
+    assert any(line.startswith(": ping") for line in lines[:first_token]), lines[:6]
+    assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]"
