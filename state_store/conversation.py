@@ -91,6 +91,8 @@ class ConversationStore:
         a forked session shares it (a pin). True if cut."""
         if await self.store.get(keys.pin_key(self.namespace, tenant, content_key)) is not None:
             return False
+        if self.hot_cache is not None:  # nor here: the cache holds what conversations continue
+            self.hot_cache.discard(keys.record_key(self.namespace, tenant, content_key))
         return await self.expire(tenant, content_key, grace)
 
     async def load(self, tenant: str, content_key: str) -> StateRecord | None:

@@ -76,7 +76,9 @@ async def test_retire_spares_a_state_a_fork_shares(make_chat, conversations, mak
     await conversations.set_session(T, "a", shared, None)
     await conversations.fork_session(T, "a", "b")
     assert await conversations.retire(T, shared, 0.2) is False  # pinned by the fork
+    assert len(conversations.hot_cache) == 2
     assert await conversations.retire(T, alone, 0.2) is True
+    assert len(conversations.hot_cache) == 1  # a retired state leaves the cache at once
     conversations.hot_cache.clear()
     await asyncio.sleep(0.35)
     assert await conversations.load(T, shared) is not None
