@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = Field(None, description="comma-separated KEY or KEY:TENANT")
     api_keys_file: Path | None = Field(None, description="file of lines KEY [TENANT]")
     # operation
+    playground: bool = Field(True, description="serve the chat page at / (off: the API alone)")
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get after "
                                  "SIGTERM")
     log_format: Literal["text", "json"] = "text"
