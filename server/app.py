@@ -17,7 +17,7 @@ from server.errors import install_error_handlers
 from server.lifecycle import Lifecycle
 from server.metrics import ServerMetrics
 from server.middleware import RequestMiddleware
-from server.routes import chat, completions, health, models, sessions
+from server.routes import chat, completions, health, models, playground, sessions
 from server.runtime import Runtime
 from server.settings import Settings
 from server.streaming import ClientDisconnected
@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMiddleware, lifecycle=lifecycle, metrics=metrics)
     for module in (chat, completions, models, sessions, health):
         app.include_router(module.router)
+    if settings.playground:
+        playground.install(app)
     return app
 
 
