@@ -73,6 +73,9 @@ async function loadModels() {
     if (error.status === 401) {
       ui.settings.open = true;
       notify(`This server needs an API key: enter it under Settings. (${error.message})`, true);
+    } else if (error.status === 503) {  // loading its model (or draining): ask again soon
+      notify(`Waiting for the server: ${error.message}`);
+      setTimeout(loadModels, 2000);
     } else {
       notify(`Cannot list the models: ${error.message}`, true);
     }
