@@ -80,9 +80,8 @@ def open_page(browser):
     contexts, problems = [], []
 
     def open_(server: ServerProcess, **options):
-        context = browser.new_context(viewport=options.pop("viewport", {"width": 1100,
-                                                                         "height": 860}),
-                                      **options)
+        viewport = options.pop("viewport", {"width": 1100, "height": 680})
+        context = browser.new_context(viewport=viewport, **options)
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)
         page = context.new_page()

@@ -4,10 +4,13 @@ and in dark mode."""
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.playground.conftest import artifact
+from tests.playground.conftest import PageProblems, artifact
 from tests.playground.playground_page import Playground
 from tests.server_process import ServerProcess
 
@@ -85,3 +88,33 @@ def test_the_page_reads_at_320_px_in_light_and_dark(open_page, server, scheme):
     contrast = (max(background, text) + 0.05) / (min(background, text) + 0.05)
     assert contrast >= 7  # WCAG AAA for body text
     page.screenshot(path=artifact(f"320px-{scheme}.png"), full_page=True)
+
+
+def test_a_page_opened_while_the_model_loads_chats_once_it_is_loaded(browser, start_server):
+    server = start_server(wait=False)
+    deadline = time.monotonic() + 120
+    while not serves_the_page(server) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the page is served before the model has loaded
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        problems = PageProblems(page)
+        statuses = []
+        page.on("response", lambda r: statuses.append(r.status) if r.url.endswith(
+            "/v1/models") else None)
+        page.goto(server.url + "/")
+        playground = Playground(page).ready()
+        if statuses[0] != 503:
+            pytest.skip("the model loaded before the page first asked for it")
+        expect(page.locator("#notice")).to_be_empty()
+        assert playground.figures(playground.ask("My name is Ingrid."))["finish"] == "stop"
+        assert problems.errors == []
+    finally:
+        context.close()
+
+
+def serves_the_page(server: ServerProcess) -> bool:
+    try:
+        return httpx.get(server.url + "/", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
