@@ -12,11 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_process import REPO, ServerProcess
+from tests.server_process import ServerProcess
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+REPO = Path(__file__).resolve().parents[2]
 # a slow shared machine: wait on conditions, for up to this long
 TIMEOUT_MS = 60_000
 ARTIFACTS = Path(os.environ.get("RETSERVE_TEST_ARTIFACTS", REPO / "test-artifacts")) / "playground"
@@ -33,7 +34,9 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# per module, not per session: while the sync API runs, its event loop counts as running in
+# this thread, and every asyncio test after it would refuse to start
+@pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api",
                                    reason="playwright is not installed (pip install -e '.[dev]')")

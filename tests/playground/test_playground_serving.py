@@ -14,7 +14,7 @@ from server.app import create_app
 from server.cli import build_parser
 from server.routes.playground import PAGE_DIR
 from server.settings import Settings
-from tests.server_process import REPO
+from tests.playground.conftest import REPO
 
 
 @pytest.fixture(scope="module")
