@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import itertools
 import logging
 import queue
 import threading
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from engine.constraints import Constraints
 from engine.cpu_linear import can_pack, packed_copy
 from engine.engine_config import EngineConfig
 from engine.errors import EngineOverloaded, InvalidRequestError
@@ -124,6 +126,7 @@ class EngineStats:
     total_step_seconds: float
     # decode steps by batch size: decode_batch_sizes[b] steps ran b rows (b = 0: prefill only)
     decode_batch_sizes: tuple[int, ...] = ()
+    num_forced_tokens: int = 0  # emitted because a grammar forced them (not sampled)
 
 
 class LLMEngine:
@@ -165,8 +168,10 @@ class LLMEngine:
         top = next(b for b in buckets if b >= self.scheduler.max_num_seqs)  # fewer slots: less
         self.runner = ModelRunner(self.model, self.pool, tuple(b for b in buckets if b <= top),
                                   config.use_cuda_graphs)
+        self._constraints: Constraints | None = None  # built on the first grammar
         self._seqs: dict[str, Sequence] = {}
         self._num_steps = self._num_prefill_tokens = self._num_decode_tokens = 0
+        self._num_forced_tokens = 0
         self._last_batch_size, self._last_step_seconds, self._total_step_seconds = 0, 0.0, 0.0
         self._decode_batch_sizes = [0] * (self.scheduler.max_num_seqs + 1)
 
@@ -223,7 +228,21 @@ class LLMEngine:
             stop_ids |= self.default_stop_ids
         detokenizer = (self.tokenizer.detokenizer(context_ids=request.prompt_ids)
                        if self.tokenizer is not None else None)
-        return Sequence(request, stop_ids, detokenizer)
+        constraint = None
+        if request.params.grammar is not None:
+            constraint = self.constraints.compile(request.params.grammar)  # GrammarError
+        return Sequence(request, stop_ids, detokenizer, constraint)
+
+    @property
+    def constraints(self) -> Constraints:
+        """Grammar machinery over this engine's tokenizer (built on first use, ~50 ms)."""
+        if self._constraints is None:
+            if self.tokenizer is None:
+                raise InvalidRequestError("grammars need an engine built with a tokenizer")
+            self._constraints = Constraints(
+                self.tokenizer.to_json(), self.model.config.vocab_size,
+                self.tokenizer.stop_token_ids, self.pool.num_slots, self.config.torch_device)
+        return self._constraints
 
     def _check_initial_state(self, request: Request) -> None:
         state, mc = request.initial_state, self.model.config
@@ -267,6 +286,7 @@ class LLMEngine:
         with torch.inference_mode():
             for seq in batch.admitted:
                 self.sampler.set_params(seq.slot, seq.params)
+            self._start_masks(batch.admitted)
             outputs = []
             for seq, num_tokens in batch.prefill:
                 begin = seq.num_prompt_fed
@@ -276,14 +296,18 @@ class LLMEngine:
                     seq.finish_reason = "length"
                     outputs.append(self._finish(seq, [], "", None))
             if batch.decode:
+                if self.config.forced_tokens == "prefill":
+                    self._feed_forced(batch.decode)
                 logits, slots, steps = self.runner.decode(batch.decode)
                 sampled = self.sampler.sample(logits, slots, steps,
-                                              [seq.params for seq in batch.decode])
+                                              [seq.params for seq in batch.decode],
+                                              self._mask(batch.decode))
                 for seq, token, logprob in zip(batch.decode, sampled.token_ids,
                                                sampled.logprobs, strict=True):
                     output = self._postprocess(seq, token, logprob)
                     if output is not None:
                         outputs.append(output)
+                self._start_masks(batch.decode)
         elapsed = time.perf_counter() - start
         self._num_steps += 1
         self._num_prefill_tokens += sum(n for _, n in batch.prefill)
@@ -293,33 +317,85 @@ class LLMEngine:
         self._total_step_seconds += elapsed
         return outputs
 
+    # grammars ------------------------------------------------------------------------------
+
+    def _start_masks(self, seqs: list[Sequence]) -> None:
+        """Next masks of the constrained sequences among `seqs`, computed in the background."""
+        items = [(seq.constraint, seq.slot) for seq in seqs if seq.constraint is not None
+                 and seq.constraint.needs_mask and seq.finish_reason is None]
+        for constraint, _ in items:
+            constraint.needs_mask = False
+        if items:
+            self.constraints.start_masks(items)
+
+    def _mask(self, seqs: list[Sequence]):
+        """The sampler's mask hook for this batch; None (no cost) without constrained rows."""
+        rows = [i for i, seq in enumerate(seqs) if seq.constraint is not None]
+        if not rows:
+            return None
+        slots = [seqs[i].slot for i in rows]
+        return lambda logits: self.constraints.apply(logits, rows, slots)
+
+    def _feed_forced(self, seqs: list[Sequence]) -> None:
+        """Forced tokens, fed chunkwise like prompt tokens before the decode step feeds the
+        last of them (forced_tokens="prefill")."""
+        for seq in seqs:
+            if seq.unfed and seq.tail is None:
+                self.runner.prefill(seq.slot, list(seq.unfed))
+                self._num_prefill_tokens += len(seq.unfed)
+                seq.unfed.clear()
+
+    def _advance_grammar(self, seq: Sequence, token: int) -> tuple[list[int], bool]:
+        """The sampled token consumed by the sequence's grammar; the tokens it forces next
+        (within max_tokens), appended to the output; whether the grammar is complete with
+        them (nothing cut)."""
+        forced = seq.constraint.advance(token)
+        kept = forced[:seq.params.max_tokens - len(seq.output_ids)]
+        kept = list(itertools.takewhile(lambda t: t not in seq.stop_token_ids, kept))
+        seq.output_ids += kept
+        self._num_forced_tokens += len(kept)
+        return kept, len(kept) == len(forced) and seq.constraint.is_done
+
+    # outputs -------------------------------------------------------------------------------
+
     def _postprocess(self, seq: Sequence, token: int, logprob: TokenLogprob | None
                      ) -> RequestOutput | None:
         if seq.is_finishing:  # the decode step fed the next tail token; its sample is unused
             seq.tail.popleft()
             return None if seq.tail else self._finish(seq, [], "", None)
+        if seq.unfed:  # the decode step fed a forced token (forced_tokens="decode")
+            seq.unfed.popleft()
+            return None
         if seq.num_prompt_left:
             seq.num_prompt_fed += 1  # the last prompt token went through this step
         seq.output_ids.append(token)
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
         is_stop = token in seq.stop_token_ids
+        new, is_done = [token], False
+        if seq.constraint is not None and not is_stop:
+            forced, is_done = self._advance_grammar(seq, token)
+            new += forced
         text = ""
         if seq.detokenizer is not None and not is_stop:
-            text = seq.detokenizer.step(token)
-        reason = ("stop" if is_stop else
+            text = "".join(seq.detokenizer.step(t) for t in new)
+        reason = ("stop" if is_stop or is_done else
                   "length" if len(seq.output_ids) >= seq.params.max_tokens else None)
-        logprobs = None if logprob is None else [logprob]
+        logprobs = None
+        if logprob is not None:  # a forced token is certain under its grammar: log 1
+            logprobs = [logprob] + [TokenLogprob(t, 0.0, [(t, 0.0)][:seq.params.logprobs])
+                                    for t in new[1:]]
         if reason is None:
-            return self._output(seq, [token], text, logprobs)
+            seq.unfed.extend(new[:-1])
+            return self._output(seq, new, text, logprobs)
         if seq.detokenizer is not None:
             text += seq.detokenizer.flush()
         seq.finish_reason = reason
-        tail = ([] if is_stop else [token]) + list(seq.trailing_ids) if seq.return_state else []
-        if tail:  # stream the token now, finish once the tail is in the state
+        tail = ([] if is_stop else new) + list(seq.trailing_ids) if seq.return_state else []
+        if tail:  # stream the tokens now, finish once the tail is in the state
             seq.tail = deque(tail)
-            return self._output(seq, [token], text, logprobs)
-        return self._finish(seq, [token], text, logprobs)
+            return self._output(seq, new, text, logprobs)
+        return self._finish(seq, new, text, logprobs)
 
     def _finish(self, seq: Sequence, token_ids: list[int], text: str,
                 logprobs: list[TokenLogprob] | None) -> RequestOutput:
@@ -344,7 +420,7 @@ class LLMEngine:
             self.pool.num_slots - self.pool.num_free, self.pool.num_slots, self.pool.nbytes,
             self._num_steps, self._num_prefill_tokens, self._num_decode_tokens,
             self._last_batch_size, self._last_step_seconds, self._total_step_seconds,
-            tuple(self._decode_batch_sizes))
+            tuple(self._decode_batch_sizes), self._num_forced_tokens)
 
     def generate(self, requests: list[Request]) -> dict[str, list[RequestOutput]]:
         """Runs requests to completion: every output of each, by request id."""

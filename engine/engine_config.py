@@ -29,6 +29,11 @@ class EngineConfig:
     tune_cpu_malloc: bool = True  # CPU: keep freed memory for the next step (glibc mallopt)
     cpu_packed_linear: bool = True  # CPU: oneDNN prepacked linears, ~2x MKL sgemm at batch >= 8
     max_logprobs: int = 20
+    # How tokens a grammar forces (engine/constraints.py) reach the state: "prefill" feeds them
+    # chunkwise before the next decode step, like prompt tokens (one model call per sequence,
+    # one step of latency); "decode" feeds one per decode step, riding the batch (no extra call,
+    # a step per token). See `retserve bench constraints`.
+    forced_tokens: str = "prefill"
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_waiting < 0:
@@ -38,6 +43,8 @@ class EngineConfig:
         if self.max_num_batched_tokens <= self.max_num_seqs:
             raise ValueError("max_num_batched_tokens must exceed max_num_seqs "
                              "(every running sequence decodes one token per step)")
+        if self.forced_tokens not in ("prefill", "decode"):
+            raise ValueError('forced_tokens must be "prefill" or "decode"')
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False  # do not stop on the model's/tokenizer's own stop ids
     logprobs: int | None = None  # alternatives per token (0: only the chosen token's)
+    # an llguidance grammar the output must match (engine/constraints.py); None: free text
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.logit_bias, dict):
@@ -61,6 +64,10 @@ class SamplingParams:
         _check(all(isinstance(t, int) for t in self.stop_token_ids), "stop_token_ids: integers")
         _check(self.logprobs is None or (isinstance(self.logprobs, int)
                                          and 0 <= self.logprobs <= 20), "logprobs must be 0..20")
+        _check(self.grammar is None or (isinstance(self.grammar, str) and self.grammar != ""),
+               "grammar must be a non-empty string")
+        # the grammar ends the output with an end-of-turn id; ignoring it would run past it
+        _check(self.grammar is None or not self.ignore_eos, "ignore_eos cannot take a grammar")
 
     @property
     def is_greedy(self) -> bool:
@@ -150,8 +157,11 @@ class Sampler:
             self.counts[slot].zero_()
 
     def sample(self, logits: Tensor, slots: Tensor, steps: Tensor,
-               params: list[SamplingParams]) -> SamplerOutput:
-        """logits [B, V]; slots, steps [B] int64 on the device; params: each row's, on the host."""
+               params: list[SamplingParams],
+               mask: Callable[[Tensor], Tensor] | None = None) -> SamplerOutput:
+        """logits [B, V]; slots, steps [B] int64 on the device; params: each row's, on the host.
+        `mask`: sets the tokens grammars forbid to -inf (engine/constraints.py), after penalties
+        and bias, before any choice; logprobs stay the model's own."""
         logits = logits.float()
         num_logprobs = max((p.logprobs for p in params if p.logprobs is not None), default=None)
         raw_logprobs = torch.log_softmax(logits, -1) if num_logprobs is not None else None
@@ -169,6 +179,8 @@ class Sampler:
             index = torch.tensor([rows, tokens], device=logits.device)
             logits = logits.index_put(tuple(index), torch.tensor(bias, device=logits.device),
                                       accumulate=True)
+        if mask is not None:
+            logits = mask(logits)
 
         chosen = logits.argmax(-1)
         if not all(p.is_greedy for p in params):

@@ -63,7 +63,8 @@ class SequenceStatus(Enum):
 
 
 class Sequence:
-    def __init__(self, request: Request, stop_token_ids: frozenset[int], detokenizer=None):
+    def __init__(self, request: Request, stop_token_ids: frozenset[int], detokenizer=None,
+                 constraint=None):
         self.request_id = request.request_id
         self.prompt_ids = list(request.prompt_ids)
         self.params = request.params
@@ -82,6 +83,11 @@ class Sequence:
         self.output_ids: list[int] = []
         self.finish_reason: str | None = None
         self.tail: deque[int] | None = None  # after finishing: tokens still to feed
+        # a grammar's state (engine/constraints.TokenConstraint), or None
+        self.constraint = constraint
+        # output tokens emitted but not in the state yet, before output_ids[-1] (which the next
+        # decode step feeds): a sampled token and the tokens its grammar forced after it
+        self.unfed: deque[int] = deque()
         self.arrival_time = time.monotonic()
         self.scheduled_time: float | None = None
         self.first_token_time: float | None = None
@@ -116,6 +122,8 @@ class Sequence:
         """The token this sequence feeds in the next decode step."""
         if self.tail is not None:
             return self.tail[0]
+        if self.unfed:  # forced tokens fed through decode steps (EngineConfig.forced_tokens)
+            return self.unfed[0]
         if self.num_prompt_left:
             return self.prompt_ids[-1]
         return self.output_ids[-1]

@@ -62,13 +62,15 @@ def compile_chat_template(source: str) -> jinja2.Template:
 
 
 def render_chat_template(
-    source: str, messages: Sequence[Message], add_generation_prompt: bool = True, **variables: Any
+    source: str, messages: Sequence[Message], add_generation_prompt: bool = True,
+    tools: Sequence[Mapping[str, Any]] | None = None, **variables: Any
 ) -> str:
-    """Render `messages` with a template source; template errors become ChatTemplateError."""
+    """Render `messages` (and `tools`: function definitions, HF's convention) with a template
+    source; template errors become ChatTemplateError."""
     try:
         return compile_chat_template(source).render(
             messages=messages,
-            tools=None,
+            tools=tools or None,
             documents=None,
             add_generation_prompt=add_generation_prompt,
             **variables,
@@ -111,6 +113,17 @@ def _check_unicode(value: Any, where: str, depth: int = 0) -> None:
         else:
             for j, item in enumerate(value):
                 _check_unicode(item, f"{where}[{j}]", depth + 1)
+
+
+def _validate_tools(tools: Sequence[Mapping[str, Any]] | None) -> list[Any] | None:
+    if not tools:
+        return None
+    if isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Sequence):
+        raise ChatTemplateError("tools must be a list")
+    if not all(isinstance(tool, Mapping) for tool in tools):
+        raise ChatTemplateError("tools must be a list of objects")
+    _check_unicode(list(tools), "tools")
+    return list(tools)
 
 
 def _lone_surrogate(text: str) -> str | None:
@@ -200,6 +213,10 @@ class Tokenizer:
             raise ValueError(f"token {token!r} is not in the vocabulary")
         return token_id
 
+    def to_json(self) -> str:
+        """The `tokenizer.json` text (what llguidance builds its token trie from)."""
+        return self._tok.to_str()
+
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
@@ -219,7 +236,8 @@ class Tokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(
-        self, messages: Sequence[Message], add_generation_prompt: bool = True
+        self, messages: Sequence[Message], add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
         if self.chat_template is None:
             raise ChatTemplateError("this checkpoint has no chat template")
@@ -227,23 +245,26 @@ class Tokenizer:
             self.chat_template,
             _validate_messages(messages),
             add_generation_prompt,
+            _validate_tools(tools),
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
         )
 
     def encode_chat(
-        self, messages: Sequence[Message], add_generation_prompt: bool = True
+        self, messages: Sequence[Message], add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
         """Ids of the rendered chat, where only the template itself can emit special tokens.
 
-        Special-token text inside message fields is swapped for digit placeholders before
-        rendering (digits survive filters like trim/upper) and encoded as plain text after, the
-        way HF's `sanitize_special_tokens` does. Without such text this equals
-        `encode(apply_chat_template(messages))`.
+        Special-token text inside message fields (and tool definitions) is swapped for digit
+        placeholders before rendering (digits survive filters like trim/upper) and encoded as
+        plain text after, the way HF's `sanitize_special_tokens` does. Without such text this
+        equals `encode(apply_chat_template(messages, tools=tools))`.
         """
         substitutions: dict[str, str] = {}
         messages = [self._sanitize(m, substitutions) for m in _validate_messages(messages)]
-        rendered = self.apply_chat_template(messages, add_generation_prompt)
+        tools = self._sanitize(_validate_tools(tools), substitutions)
+        rendered = self.apply_chat_template(messages, add_generation_prompt, tools)
         if not substitutions:
             return self.encode(rendered)
         ids: list[int] = []
@@ -257,7 +278,7 @@ class Tokenizer:
 
     def encode_chat_continuation(
         self, history: Sequence[Message], messages: Sequence[Message],
-        add_generation_prompt: bool = True,
+        add_generation_prompt: bool = True, tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int] | None:
         """Ids the rendering of `messages` adds after `history` (its prefix, ending with an
         assistant reply and the end of its turn), so a state that folded in history's tokens as
@@ -266,10 +287,11 @@ class Tokenizer:
         (then the caller feeds the whole `encode_chat(messages)`)."""
         if list(messages[:len(history)]) != list(history) or len(messages) == len(history):
             return None
-        prev = self.apply_chat_template(history, add_generation_prompt=False)
-        full = self.apply_chat_template(messages, add_generation_prompt)
+        prev = self.apply_chat_template(history, add_generation_prompt=False, tools=tools)
+        full = self.apply_chat_template(messages, add_generation_prompt, tools)
         substitutions: dict[str, str] = {}
         self._sanitize(_validate_messages(messages[len(history):]), substitutions)
+        self._sanitize(_validate_tools(tools), substitutions)
         if substitutions or not full.startswith(prev):
             return None
         # the continuation starts with the template's own turn marker (a special token), so
