@@ -36,6 +36,7 @@ from engine.config import ModelConfig
 from engine.model import RetNet
 from engine.tokenizer import Tokenizer, render_chat_template
 from training.chat_data import POOLS, generate_conversations, recall_probes
+from training.tool_data import tool_chats
 from training.train_tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 STATE_FILE = "train_state.pt"
@@ -79,6 +80,10 @@ class TrainArgs:
     # echo chats: repeat a quoted string of invented words. The densest copy signal there is
     # (every reply token is a copy), which is what grows the previous-token keys of the conv
     num_echo: int = 0
+    # tool chats (training/tool_data.py): a request, a call with an argument copied from the
+    # chat, the tool's result, an answer repeating it; their tool definitions make them long
+    # (~420 tokens on average, up to ~800: raise max_len with them)
+    num_tools: int = 0
     vowel_onset_share: float = 0.0  # invented words starting with a vowel (see InventedWords)
     # invented words made of random tokenizer pieces rather than syllables (see InventedWords)
     piece_word_share: float = 0.0
@@ -288,21 +293,25 @@ def dense_conversations(args: TrainArgs, invent: InventedWords) -> list[list[dic
     return out
 
 
-def encode_with_mask(tok: Tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
-    """Ids of the rendered chat and, per id, whether it is trained on (assistant tokens only).
+def encode_with_mask(tok: Tokenizer, messages: list[dict], tools: list[dict] | None = None
+                     ) -> tuple[list[int], list[bool]]:
+    """Ids of the rendered chat (offering `tools`, if given) and, per id, whether it is trained
+    on (assistant tokens only: replies and tool calls).
 
     Works for any append-only template: an assistant message's content starts where the
     generation prompt of the chat before it ends. Its end-of-turn token (<|im_end|>) is trained
     so the model learns to stop; what the template writes after it ("\\n") is fed, not
     generated. Pieces are encoded one by one and checked against the whole text's encoding.
     """
-    text = tok.apply_chat_template(messages, add_generation_prompt=False)
+    text = tok.apply_chat_template(messages, add_generation_prompt=False, tools=tools)
     tail = len(tok.decode(tok.end_of_turn_ids[1:], skip_special_tokens=False))
     cuts = [0]
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
-            prompt = tok.apply_chat_template(messages[:i], add_generation_prompt=True) if i else ""
-            done = tok.apply_chat_template(messages[: i + 1], add_generation_prompt=False)
+            prompt = (tok.apply_chat_template(messages[:i], add_generation_prompt=True,
+                                              tools=tools) if i else "")
+            done = tok.apply_chat_template(messages[: i + 1], add_generation_prompt=False,
+                                           tools=tools)
             if not text.startswith(prompt) or not text.startswith(done):
                 raise ValueError("chat template is not append-only for this conversation")
             cuts += [len(prompt), len(done) - tail]
@@ -409,6 +418,10 @@ def prepare_data(args: TrainArgs, tokenizer_dir: Path) -> tuple[Tokenizer, Datas
         # piece words need the tokenizer
         conversations = build_conversations(args, invented_words(args, tok))
     rows = [encode_with_mask(tok, c) for c in conversations]
+    if args.num_tools:
+        invent = invented_words(args, tok)
+        rows += [encode_with_mask(tok, c.messages, c.tools)
+                 for c in tool_chats(args.num_tools, args.seed, invent, args.synthetic_share)]
     rows = [r for r in rows if len(r[0]) <= args.max_len]
     return tok, Dataset(rows, args.batch_size, args.seed, tok.eos_token_id or 0,
                         args.user_loss_weight)

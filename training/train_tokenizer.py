@@ -20,16 +20,46 @@ SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]  # ids 0, 1, 2
 
 # ChatML, with the role and content checks the server relies on (raise_exception ->
 # ChatTemplateError). A reply ends with "<|im_end|>\n": the engine's end-of-turn ids.
+#
+# Tools, in the HF convention (`tools` beside `messages`; assistant `tool_calls`; `tool` role
+# messages), in the shape of Qwen's ChatML: the functions go in the system turn, one JSON line
+# each, and a call is `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`, calls one
+# per line. A string `arguments` (OpenAI's) is written verbatim, so a reply re-rendered from its
+# parsed calls is the text the model generated. Without tools, tool calls and tool messages a
+# chat renders exactly as plain ChatML.
 CHATML_TEMPLATE = (
+    "{% if tools %}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{{ '# Tools\\n<tools>\\n' }}"
+    "{% for tool in tools %}"
+    "{{ (tool['function'] if tool['function'] is defined else tool) | tojson }}{{ '\\n' }}"
+    "{% endfor %}"
+    "{{ '</tools><|im_end|>\\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
     "{{ raise_exception('Unsupported role: ' + message['role'] + "
-    "'; expected system, user or assistant') }}"
+    "'; expected system, user, assistant or tool') }}"
     "{% endif %}"
     "{% if message['content'] is not string %}"
     "{{ raise_exception('Message content must be a string') }}"
     "{% endif %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{ '<|im_start|>assistant\\n' + message['content'] }}"
+    "{% for tc in message['tool_calls'] %}"
+    "{% set fn = tc['function'] if tc['function'] is defined else tc %}"
+    "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+    "{{ '<tool_call>\\n{\"name\": ' + fn['name'] | tojson + ', \"arguments\": ' }}"
+    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}"
+    "{% else %}{{ fn['arguments'] | tojson }}{% endif %}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
