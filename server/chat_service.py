@@ -30,6 +30,7 @@ from engine.tokenizer import ChatTemplateError, Tokenizer
 from server.errors import bad_request, not_found, overloaded
 from server.state_records import record_from_state, state_from_record
 from server.stop_strings import StopMatcher
+from server.tool_calls import ToolCallParser
 from server.turn_encoding import TurnEncoder, TurnTokens
 from server.turn_metrics import NO_METRICS, TurnMetrics
 from server.turn_stream import Choice, TurnStream, Usage
@@ -59,11 +60,22 @@ class ServiceOptions:
 class ChatTurn:
     tenant: str
     messages: list[dict]  # role + content (strings), as the chat template takes them
-    params: SamplingParams
+    params: SamplingParams  # with the output's grammar, if any (server/grammar.py)
     n: int = 1
     stop: tuple[str, ...] = ()
     session_id: str | None = None
     request_id: str = ""
+    tools: list[dict] | None = None  # function definitions the template renders
+    # parse tool calls from the output: "auto" (text or calls), "calls" (calls only), or None
+    tool_call_mode: str | None = None
+
+    @property
+    def key_messages(self) -> list[dict]:
+        """The messages as content keys see them: tools render with the conversation's start,
+        so they key with its first message (without tools: the messages themselves)."""
+        if not self.tools or not self.messages:
+            return self.messages
+        return [{**self.messages[0], "tools": self.tools}, *self.messages[1:]]
 
 
 @dataclass
@@ -80,7 +92,7 @@ class TurnPlan:
     @property
     def new_messages(self) -> list[dict]:
         """The messages the saved key chains on top of base_key (all of them without one)."""
-        return self.turn.messages
+        return self.turn.messages if self.base_key is not None else self.turn.key_messages
 
 
 class ChatService:
@@ -146,11 +158,11 @@ class ChatService:
     # planning -------------------------------------------------------------------------------
 
     async def _plan(self, turn: ChatTurn) -> TurnPlan:
-        messages = turn.messages
+        messages, tools = turn.messages, turn.tools
         conv = self.conversations if self.options.reuse_states else None
         session = base_key = parent_key = record = None
         covered = 0
-        keys = conv.content_keys(turn.tenant, messages) if conv is not None else []
+        keys = conv.content_keys(turn.tenant, turn.key_messages) if conv is not None else []
         if conv is not None and turn.session_id is not None:
             session = await self._guard("session", conv.get_session(turn.tenant,
                                                                       turn.session_id))
@@ -164,7 +176,8 @@ class ChatService:
             if parent_key is not None:
                 record = await self._guard("load", conv.load(turn.tenant, parent_key))
         if record is None and base_key is None and conv is not None:
-            found = await self._guard("lookup", conv.lookup(turn.tenant, messages, keys))
+            found = await self._guard("lookup", conv.lookup(turn.tenant, turn.key_messages,
+                                                            keys))
             if found is not None:
                 covered, record = found
                 parent_key = keys[covered - 1]
@@ -174,24 +187,26 @@ class ChatService:
                             "the whole conversation", "session_id", "session_state_expired")
         tokens = None
         if state is not None:
-            tokens = (self.encoder.after_unknown(messages) if base_key is not None else
-                      await self._encode(self.encoder.after, messages[:covered], messages))
+            tokens = (self.encoder.after_unknown(messages, tools=tools) if base_key is not None
+                      else await self._encode(self.encoder.after, messages[:covered], messages,
+                                              tools=tools))
             if tokens is None and base_key is not None:
                 raise bad_request("this model's chat template needs the whole conversation to "
                                   "continue it: send every message", "session_id")
         if tokens is None:  # nothing stored, or the template cannot continue the stored text
             state, parent_key = None, None
-            tokens = await self._encode(self.encoder.whole, messages)
+            tokens = await self._encode(self.encoder.whole, messages, tools=tools)
         self._check_prompt_length(len(tokens.ids))
         cached = 0 if state is None else int(state.num_tokens[0])
         self.metrics.prefix_lookup(cached + len(tokens.ids), cached)
         return TurnPlan(turn, tokens, state, base_key, parent_key, session)
 
-    async def _encode(self, fn, *args) -> TurnTokens | None:
+    async def _encode(self, fn, *args, **kwargs) -> TurnTokens | None:
         try:
             if sum(len(m.get("content") or "") for m in args[-1]) > 65536:
-                return await asyncio.to_thread(fn, *args)  # long histories: off the event loop
-            return fn(*args)
+                # long histories: off the event loop
+                return await asyncio.to_thread(fn, *args, **kwargs)
+            return fn(*args, **kwargs)
         except ChatTemplateError as e:
             raise bad_request(f"messages: {e}", "messages") from e
 
@@ -245,7 +260,9 @@ class ChatService:
                 params = replace(params, seed=params.seed + i)  # n different draws, repeatable
             request = Request(f"{request_id}-{i}", start_ids, params, initial_state=start_state,
                               return_state=save, trailing_ids=trailing)
-            choices.append(Choice(i, request, StopMatcher(turn.stop)))
+            parser = (None if turn.tool_call_mode is None else
+                      ToolCallParser(calls_only=turn.tool_call_mode == "calls"))
+            choices.append(Choice(i, request, StopMatcher(turn.stop), tool_parser=parser))
         cached = 0 if plan.state is None else int(plan.state.num_tokens[0])
         timeout = self.options.request_timeout
         return TurnStream(
@@ -260,11 +277,11 @@ class ChatService:
         """Every choice's state under its conversation's key; the parent retired; the session
         moved to the first choice. Failures are counted, never raised."""
         turn, conv = plan.turn, self.conversations
-        if any(c.finish_reason not in ("stop", "length") for c in stream.choices):
+        if any(c.finish_reason not in ("stop", "length", "tool_calls") for c in stream.choices):
             return
         keys, first_record = [], None
         for choice in stream.choices:
-            reply = {"role": "assistant", "content": choice.text}
+            reply = choice.reply_message()
             state = await self._exact_state(plan, choice, reply)
             if state is None:
                 keys.append(None)

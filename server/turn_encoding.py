@@ -8,6 +8,9 @@ the same model input.
   with an assistant turn and its end-of-turn, so the continuation starts at a turn marker).
 - after an unknown history (a session known only by its key): possible when the template
   renders each turn on its own (ChatML does), checked once against two different histories.
+
+Tool definitions (`tools`) render with the conversation's start (ChatML: in the system turn), so
+a turn's tokens after a stored prefix do not depend on them, but the whole rendering does.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class TurnTokens:
     ids: list[int]
     history: tuple[Message, ...] | None  # the stored prefix's messages ("after"), else None
     mode: str  # "whole" | "after" | "unknown"
+    tools: tuple[Message, ...] | None = None  # function definitions the template rendered
 
 
 class TurnEncoder:
@@ -42,32 +46,34 @@ class TurnEncoder:
         self.end_of_turn_ids = tuple(tokenizer.end_of_turn_ids)
         self.is_history_free = self._renders_turns_alone()
 
-    def whole(self, messages: Sequence[Message], add_generation_prompt: bool = True
-              ) -> TurnTokens:
-        return TurnTokens(self.tokenizer.encode_chat(messages, add_generation_prompt), None,
-                          "whole")
+    def whole(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+              tools: Sequence[Message] | None = None) -> TurnTokens:
+        return TurnTokens(self.tokenizer.encode_chat(messages, add_generation_prompt, tools),
+                          None, "whole", _tuple(tools))
 
     def after(self, history: Sequence[Message], messages: Sequence[Message],
-              add_generation_prompt: bool = True) -> TurnTokens | None:
+              add_generation_prompt: bool = True, tools: Sequence[Message] | None = None
+              ) -> TurnTokens | None:
         """Tokens `messages` add after `history` (their prefix, ending with an assistant turn);
         None when the template does not render history as a text prefix. A template that
         renders turns alone costs only the new messages' rendering, whatever the history's
         length; any other renders the history too."""
         if self.is_history_free:
-            ids = self._after_probe(_PROBES[0], messages[len(history):], add_generation_prompt)
+            ids = self._after_probe(_PROBES[0], messages[len(history):], add_generation_prompt,
+                                    tools)
         else:
             ids = self.tokenizer.encode_chat_continuation(history, messages,
-                                                          add_generation_prompt)
-        return None if ids is None else TurnTokens(ids, tuple(history), "after")
+                                                          add_generation_prompt, tools)
+        return None if ids is None else TurnTokens(ids, tuple(history), "after", _tuple(tools))
 
-    def after_unknown(self, new_messages: Sequence[Message], add_generation_prompt: bool = True
-                      ) -> TurnTokens | None:
+    def after_unknown(self, new_messages: Sequence[Message], add_generation_prompt: bool = True,
+                      tools: Sequence[Message] | None = None) -> TurnTokens | None:
         """Tokens of `new_messages` after a history known only as a state; None when the
         template needs the history's text."""
         if not self.is_history_free or not new_messages:
             return None
-        ids = self._after_probe(_PROBES[0], new_messages, add_generation_prompt)
-        return None if ids is None else TurnTokens(ids, None, "unknown")
+        ids = self._after_probe(_PROBES[0], new_messages, add_generation_prompt, tools)
+        return None if ids is None else TurnTokens(ids, None, "unknown", _tuple(tools))
 
     def reply(self, turn: TurnTokens, messages: Sequence[Message], reply: Message
               ) -> list[int] | None:
@@ -76,22 +82,23 @@ class TurnEncoder:
         equal the state of the conversation fed from scratch."""
         full = [*messages, reply]
         if turn.mode == "whole":
-            return self.whole(full, add_generation_prompt=False).ids
+            return self.whole(full, add_generation_prompt=False, tools=turn.tools).ids
         if turn.mode == "after":
-            found = self.after(turn.history, full, add_generation_prompt=False)
+            found = self.after(turn.history, full, add_generation_prompt=False, tools=turn.tools)
         else:
-            found = self.after_unknown(full, add_generation_prompt=False)
+            found = self.after_unknown(full, add_generation_prompt=False, tools=turn.tools)
         return None if found is None else found.ids
 
     def _after_probe(self, probe: list[Message], new_messages: Sequence[Message],
-                     add_generation_prompt: bool) -> list[int] | None:
+                     add_generation_prompt: bool, tools: Sequence[Message] | None = None
+                     ) -> list[int] | None:
         # encode_chat sanitises special-token text in messages; the probe's own tokens are a
         # prefix because the new turn starts at a template turn marker (a special token)
-        full = self.tokenizer.encode_chat([*probe, *new_messages], add_generation_prompt)
-        prefix = self.tokenizer.encode_chat(probe, add_generation_prompt=False)
+        full = self.tokenizer.encode_chat([*probe, *new_messages], add_generation_prompt, tools)
+        prefix = self.tokenizer.encode_chat(probe, add_generation_prompt=False, tools=tools)
         return full[len(prefix):] if full[: len(prefix)] == prefix else None
 
-    def _renders_turns_alone(self) -> bool:
+    def _renders_turns_alone(self) -> bool:  # (without tools: they render at the start)
         if self.tokenizer.chat_template is None:
             return False
         try:
@@ -99,3 +106,7 @@ class TurnEncoder:
         except ValueError:  # the template refuses the probes (ChatTemplateError)
             return False
         return found[0] is not None and found[0] == found[1]
+
+
+def _tuple(tools: Sequence[Message] | None) -> tuple[Message, ...] | None:
+    return tuple(tools) if tools else None

@@ -21,16 +21,19 @@ from engine.sequence import Request
 from engine.state import RetentionState
 from server.errors import APIError, bad_request, overloaded, timed_out, unavailable
 from server.stop_strings import StopMatcher
+from server.tool_calls import ToolCall, ToolCallDelta, ToolCallFormatError, ToolCallParser
 from server.turn_metrics import TurnMetrics
 
 
 @dataclass
 class ChoiceDelta:
     index: int
-    text: str
+    text: str  # content (a tool call's text is in tool_calls)
     token_ids: list[int]
     logprobs: list[TokenLogprob] | None
-    finish_reason: str | None = None  # "stop" | "length" on a choice's last delta
+    # "stop" | "length" | "tool_calls" (stopped after calls) on a choice's last delta
+    finish_reason: str | None = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 @dataclass
@@ -51,10 +54,22 @@ class Choice:
     final_state: RetentionState | None = None  # after reply + end-of-turn (engine-fed)
     is_stopped_by_string: bool = False
     last_token_time: float | None = None
+    tool_parser: ToolCallParser | None = None  # when the output may hold tool calls
 
     @property
     def text(self) -> str:
         return "".join(self.text_parts)
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [] if self.tool_parser is None else self.tool_parser.calls
+
+    def reply_message(self) -> dict:
+        """The reply as an assistant message, as a client sends it back in the next turn."""
+        message = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = [call.message_entry() for call in self.tool_calls]
+        return message
 
 
 class TurnStream:
@@ -204,7 +219,10 @@ class TurnStream:
                 choice.last_token_time = now
             choice.token_ids += output.token_ids
             self.usage.completion_tokens += len(output.token_ids)
-            text, is_stopped = choice.stop.push(output.text)
+            text, calls = output.text, []
+            if choice.tool_parser is not None:  # stop strings apply to content, not calls
+                text, calls = self._parse_calls(choice.tool_parser, text, output.finished)
+            text, is_stopped = choice.stop.push(text)
             reason = "stop" if is_stopped else output.finish_reason
             if output.finished:
                 choice.final_state = output.state
@@ -213,12 +231,26 @@ class TurnStream:
                     self.metrics.queued(timings.scheduled - timings.arrival)
                 if not is_stopped:
                     text += choice.stop.flush()
+            if reason == "stop" and choice.tool_calls:
+                reason = "tool_calls"
             choice.is_stopped_by_string = is_stopped
             choice.finish_reason = reason
             choice.text_parts.append(text)
-            yield ChoiceDelta(choice.index, text, output.token_ids, output.logprobs, reason)
+            yield ChoiceDelta(choice.index, text, output.token_ids, output.logprobs, reason,
+                              calls)
             if reason is not None:
                 return
+
+    @staticmethod
+    def _parse_calls(parser: ToolCallParser, text: str, is_finished: bool
+                     ) -> tuple[str, list[ToolCallDelta]]:
+        try:
+            text, calls = parser.push(text)
+        except ToolCallFormatError as e:  # the grammar guarantees the format: a server bug
+            raise unavailable(f"the model's tool call could not be parsed: {e}") from e
+        if is_finished:
+            parser.finish()
+        return text, calls
 
     async def _merged(self) -> AsyncIterator[ChoiceDelta]:
         queue: asyncio.Queue = asyncio.Queue()

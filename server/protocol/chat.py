@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Literal
 
 from pydantic import Field
 
@@ -10,6 +11,7 @@ from engine.sampling import TokenLogprob
 from server.chat_service import ChatTurn
 from server.errors import bad_request
 from server.protocol.common import Limits, OpenAIModel, SamplingFields, UsageInfo
+from server.protocol.tools import ResponseFormat, ToolChoice, ToolDefinition, output_constraint
 from server.token_text import TokenText
 
 # OpenAI's developer role is the system role of models trained before it existed
@@ -22,18 +24,27 @@ class ContentPart(OpenAIModel):
     text: str | None = None
 
 
+class FunctionCall(OpenAIModel):
+    name: str
+    arguments: str  # JSON text, kept verbatim (the template renders it as the model wrote it)
+
+
+class ToolCall(OpenAIModel):
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(OpenAIModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = Field(None, max_length=256)
+    tool_calls: list[ToolCall] | None = None  # assistant
+    tool_call_id: str | None = Field(None, max_length=256)  # tool
 
 
 class StreamOptions(OpenAIModel):
     include_usage: bool = False
-
-
-class ResponseFormat(OpenAIModel):
-    type: str = "text"
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -46,26 +57,30 @@ class ChatCompletionRequest(SamplingFields):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     session_id: str | None = Field(None, min_length=1, max_length=MAX_SESSION_ID,
                                    description="retserve: continue this session's state")
 
     def to_turn(self, tenant: str, limits: Limits, session_id: str | None,
                 request_id: str) -> ChatTurn:
-        if self.response_format is not None and self.response_format.type != "text":
-            raise bad_request(f"response_format {self.response_format.type!r} is not supported "
-                              "by this server", "response_format", "unsupported_parameter")
-        if self.tools:
-            raise bad_request("tools are not supported by this server", "tools",
-                              "unsupported_parameter")
         if self.top_logprobs and not self.logprobs:
             raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+        constraint = output_constraint(self.tools, self.tool_choice, self.parallel_tool_calls,
+                                       self.response_format)
+        if constraint.grammar is not None and self.ignore_eos:
+            raise bad_request("ignore_eos cannot be combined with tools or response_format",
+                              "ignore_eos")
         max_tokens = self.max_completion_tokens or self.max_tokens
         num_logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        params = self.sampling_params(max_tokens, limits, num_logprobs)
+        if constraint.grammar is not None:
+            params = replace(params, grammar=constraint.grammar)
         return ChatTurn(tenant=tenant, messages=self.template_messages(),
-                        params=self.sampling_params(max_tokens, limits, num_logprobs),
-                        n=self.check_n(limits), stop=self.stop_strings(),
-                        session_id=self.session_id or session_id, request_id=request_id)
+                        params=params, n=self.check_n(limits), stop=self.stop_strings(),
+                        session_id=self.session_id or session_id, request_id=request_id,
+                        tools=constraint.tools, tool_call_mode=constraint.tool_call_mode)
 
     def template_messages(self) -> list[dict]:
         """Messages as the chat template takes them: a role and a string; the same
@@ -91,6 +106,19 @@ class ChatCompletionRequest(SamplingFields):
                      "content": content}
             if message.name:
                 entry["name"] = message.name
+            if message.tool_calls and message.role != "assistant":
+                raise bad_request(f"messages[{i}].tool_calls: only assistant messages make "
+                                  "tool calls", f"messages.{i}.tool_calls")
+            if message.tool_calls:  # the shape a reply's calls are saved in (same content key)
+                entry["tool_calls"] = [
+                    {"id": c.id, "type": "function",
+                     "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                    for c in message.tool_calls]
+            if message.role == "tool":
+                if not message.tool_call_id:
+                    raise bad_request(f"messages[{i}].tool_call_id is required for a tool "
+                                      "message", f"messages.{i}.tool_call_id")
+                entry["tool_call_id"] = message.tool_call_id
             out.append(entry)
         return out
 
@@ -115,13 +143,14 @@ class ChoiceLogprobs(OpenAIModel):
 class ResponseMessage(OpenAIModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(OpenAIModel):
     index: int
     message: ResponseMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletionResponse(OpenAIModel):

@@ -19,7 +19,7 @@ from server.protocol.common import new_id, usage
 from server.routes.models import check_model
 from server.runtime import Runtime
 from server.streaming import DONE, log_turn, run_until_disconnect, sse_response
-from server.turn_stream import TurnStream
+from server.turn_stream import Choice, TurnStream
 
 router = APIRouter(tags=["chat"])
 
@@ -61,10 +61,19 @@ async def _complete(stream: TurnStream, head: dict, n: int, runtime: Runtime, lo
         log_turn(log, stream)
     u = stream.usage
     return {**head,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(t)},
+            "choices": [{"index": i, "message": _message("".join(t), stream.choices[i]),
                          "logprobs": None if logprobs[i] is None else {"content": logprobs[i]},
                          "finish_reason": finish[i]} for i, t in enumerate(texts)],
             "usage": usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)}
+
+
+def _message(content: str, choice: Choice) -> dict:
+    calls = choice.tool_calls
+    if not calls:
+        return {"role": "assistant", "content": content}
+    # as OpenAI: content null beside calls unless the model wrote some
+    return {"role": "assistant", "content": content or None,
+            "tool_calls": [call.message_entry() for call in calls]}
 
 
 async def _chunks(stream: TurnStream, head: dict, n: int, include_usage: bool,
@@ -80,13 +89,19 @@ async def _chunks(stream: TurnStream, head: dict, n: int, include_usage: bool,
                   "finish_reason": finish_reason}
         return json.dumps({**head, "choices": [choice], **tail}, ensure_ascii=False)
 
+    calls_only = any(c.tool_parser is not None and c.tool_parser.calls_only
+                     for c in stream.choices)
     try:
         for i in range(n):
-            yield chunk(i, {"role": "assistant", "content": ""})
+            yield chunk(i, {"role": "assistant", "content": None if calls_only else ""})
         async for delta in stream:
             content = logprobs_content(delta.logprobs, runtime.token_text)
-            if delta.text or content:
+            if delta.text or (content and not delta.tool_calls):
                 yield chunk(delta.index, {"content": delta.text}, logprobs=content)
+            if delta.tool_calls:
+                yield chunk(delta.index, {"tool_calls": [c.chunk_entry()
+                                                         for c in delta.tool_calls]},
+                            logprobs=content)
             if delta.finish_reason is not None:
                 yield chunk(delta.index, {}, delta.finish_reason)
         if include_usage:

@@ -67,9 +67,10 @@ BAD_CHAT_BODIES = {
     "presence_penalty 3": (chat(presence_penalty=3), "presence_penalty"),
     "empty session id": (chat(session_id=""), "session_id"),
     "long session id": (chat(session_id="x" * 300), "session_id"),
-    "json response_format": (chat(response_format={"type": "json_object"}),
-                             "response_format"),
-    "tools": (chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    "unknown response_format": (chat(response_format={"type": "xml"}), "response_format.type"),
+    "tool without a function": (chat(tools=[{"type": "function"}]), "tools.0.function"),
+    "unsupported schema": (chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"not": {}}}}), "response_format.json_schema"),
 }
 
 
