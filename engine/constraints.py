@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import llguidance
@@ -82,6 +83,10 @@ class Constraints:
         self._executor = llguidance.LLExecutor(num_threads or min(4, os.cpu_count() or 1))
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="retserve-masks")
         self._pending: Future | None = None
+        # recent timings (seconds), for benchmarks: mask work per token (off the engine
+        # thread), and the engine thread's wait for masks plus their application per step
+        self.mask_seconds: deque[float] = deque(maxlen=100_000)
+        self.apply_seconds: deque[float] = deque(maxlen=100_000)
 
     # compiling ---------------------------------------------------------------------------
 
@@ -115,7 +120,10 @@ class Constraints:
         def run() -> None:
             if previous is not None:
                 previous.result()
+            start = time.perf_counter()
             llgt.fill_next_token_bitmask_par(self._executor, matchers, self.bitmask)
+            per_token = (time.perf_counter() - start) / len(matchers)
+            self.mask_seconds.extend([per_token] * len(matchers))
 
         self._pending = self._worker.submit(run)
 
@@ -127,12 +135,15 @@ class Constraints:
     def apply(self, logits: Tensor, rows: list[int], slots: list[int]) -> Tensor:
         """logits [B, V] with every token the grammars of `rows` (batch rows, holding `slots`)
         forbid set to -inf; other rows untouched."""
+        start = time.perf_counter()
         self.wait()
         words = self.bitmask[slots].to(self.device, non_blocking=True)  # [n, W] int32
         allowed = ((words[:, :, None] >> self._shifts) & 1).flatten(1)[:, :logits.shape[1]]
         index = torch.tensor(rows, device=logits.device)
         masked = logits.index_select(0, index).masked_fill(allowed == 0, float("-inf"))
-        return logits.index_copy(0, index, masked)
+        logits = logits.index_copy(0, index, masked)
+        self.apply_seconds.append(time.perf_counter() - start)
+        return logits
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)

@@ -422,6 +422,12 @@ class LLMEngine:
             self._last_batch_size, self._last_step_seconds, self._total_step_seconds,
             tuple(self._decode_batch_sizes), self._num_forced_tokens)
 
+    def close(self) -> None:
+        """Releases the grammar worker threads, if any; call once no request is running."""
+        if self._constraints is not None:
+            self._constraints.close()
+            self._constraints = None
+
     def generate(self, requests: list[Request]) -> dict[str, list[RequestOutput]]:
         """Runs requests to completion: every output of each, by request id."""
         results: dict[str, list[RequestOutput]] = {r.request_id: [] for r in requests}
@@ -515,6 +521,7 @@ class AsyncEngine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self.engine.close()
         for stream in self._streams.values():
             stream.put_nowait(RuntimeError("the engine is shut down"))
 

@@ -1,0 +1,72 @@
+"""The synthetic tool chats: deterministic, in the template's call format, arguments copied from
+the conversation, answers that repeat the result; held-out probes never use training values."""
+
+import json
+
+import jsonschema
+import pytest
+
+from engine.checkpoint import DEFAULT_MODEL_DIR
+from engine.tokenizer import Tokenizer
+from server.tool_calls import parse_tool_calls
+from training.chat_data import POOLS
+from training.eval_tools import evaluate
+from training.tool_data import TOOLS_BY_NAME, tool_chats, tool_probes
+from training.train import encode_with_mask
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.from_dir(DEFAULT_MODEL_DIR)
+
+
+def test_same_seed_same_chats_and_probes():
+    assert tool_chats(30, 1) == tool_chats(30, 1) != tool_chats(30, 2)
+    assert tool_probes(20, 1) == tool_probes(20, 1)
+
+
+def test_calls_validate_copy_their_arguments_and_answers_repeat_results(tok):
+    num_calls = num_no_call = 0
+    for chat in tool_chats(300, 0):
+        names = {t["function"]["name"] for t in chat.tools}
+        calls = [m for m in chat.messages if m.get("tool_calls")]
+        num_no_call += not calls
+        for i, message in enumerate(chat.messages):
+            if not message.get("tool_calls"):
+                continue
+            num_calls += 1
+            call = message["tool_calls"][0]["function"]
+            assert call["name"] in names
+            args = json.loads(call["arguments"])
+            spec = TOOLS_BY_NAME[call["name"]]
+            jsonschema.validate(args, spec.definition()["function"]["parameters"])
+            earlier = " ".join(m["content"] for m in chat.messages[:i] if m["role"] == "user")
+            assert all(str(v) in earlier for v in args.values())
+            result = json.loads(chat.messages[i + 1]["content"])
+            assert chat.messages[i + 1]["tool_call_id"] == message["tool_calls"][0]["id"]
+            assert all(str(v) in chat.messages[i + 2]["content"] for v in result.values())
+            # the model learns exactly the text the grammar generates and the parser reads
+            text = tok.apply_chat_template(chat.messages[: i + 1], add_generation_prompt=False,
+                                           tools=chat.tools)
+            reply = text[text.rindex("<|im_start|>assistant\n") + 22:-len("<|im_end|>\n")]
+            assert [(c.name, c.arguments) for c in parse_tool_calls(reply)[1]] == [
+                (call["name"], call["arguments"])]
+        encode_with_mask(tok, chat.messages, chat.tools)  # append-only, boundaries exact
+    assert num_calls > 250 and 10 < num_no_call < 100
+
+
+def test_probes_use_held_out_values():
+    train_values = {v for pool in POOLS.values() for v in pool["train"]}
+    for probe in tool_probes(100, 3):
+        args = probe["call"]["arguments"]
+        assert not {str(v) for v in args.values()} & train_values
+        assert probe["messages"][-1]["role"] == "user"
+        if probe["from_fact"]:
+            assert not any(str(v) in probe["messages"][-1]["content"] for v in args.values())
+
+
+def test_the_evaluation_runs_through_the_chat_service():
+    result = evaluate(n=2, num_controls=2, max_new_tokens=64)
+    assert set(result["summary"]) == {"tool_call_valid", "tool_args_exact", "answer_from_tool",
+                                      "text_when_no_tool_applies"}
+    assert all(0.0 <= v <= 1.0 for v in result["summary"].values())
