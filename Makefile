@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # The local CPU build; set TORCH_SPEC to a CUDA build's requirement (and PIP_EXTRA_INDEX_URL) elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: serve test venv lint bench clean
+.PHONY: serve test venv lint bench clean loadtest loadtest-smoke image image-cuda
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,31 @@ serve: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# heavy tools only for the commands that need them; torch stays the one installed above
+$(VENV)/.loadgen: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[loadgen]"
+	touch $@
+
+$(VENV)/.loadtest: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[loadtest]"
+	touch $@ $(VENV)/.loadgen
+
+# 64 conversations x 50 turns on two replicas sharing one Redis -> loadtest/results/
+loadtest: $(VENV)/.loadtest
+	$(BIN)/python -m loadtest.run $(LOADTEST_ARGS)
+
+# CI: 4 conversations x 3 turns, fails on any failed request or cross-replica miss
+loadtest-smoke: $(VENV)/.loadgen
+	$(BIN)/python -m loadtest.run --smoke --check --out runs/loadtest-smoke
+
+# needs a Docker engine (none on the development machines: tests/deploy checks the files)
+image:
+	docker build -t retserve:latest .
+
+image-cuda:
+	docker build -t retserve:cuda --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04 \
+		--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 
 lint: venv
 	$(BIN)/ruff check .
