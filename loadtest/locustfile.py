@@ -4,7 +4,8 @@ Each Locust user holds one conversation for `--turns` turns and streams every re
 - `HistoryUser` resends the whole history each turn, like an OpenAI client; the server finds the
   longest stored prefix and feeds only the new tokens;
 - `SessionUser` names a session (body `session_id`, or header `X-Session-Id` on every other user)
-  and sends only the new message.
+  and sends only the new message (the whole conversation when the server answers that the
+  session's state has expired).
 Conversations alternate between the `--servers` turn by turn, so every turn after the first is
 served by a replica that did not serve the one before: its state comes from the shared store.
 
@@ -12,8 +13,9 @@ Besides the HTTP request, each turn reports vLLM's benchmark latencies as Locust
 METRIC: TTFT, TPOT, ITL (one entry per gap between content chunks) and E2EL.
 
 With `--lockstep`, conversation k+1 of no user starts before every user finished turn k; then,
-after `--settle` seconds (longer than the servers' --parent-grace, so retired parents are gone),
-the probe samples server /metrics and Redis INFO memory: memory at "all conversations at turn k".
+after `--settle` seconds (longer than the servers' --parent-grace, so retired parents have
+expired), the probe sweeps expired keys and samples server /metrics and Redis INFO memory:
+memory at "all conversations at turn k".
 With `--results-dir`, per-turn samples, a sample every `--sample-interval` seconds, one row per
 request and the transcripts are written there. `python -m loadtest.run` drives all of this.
 
@@ -36,6 +38,10 @@ from loadtest.barrier import TurnBarrier
 from loadtest.chat_turn import TurnFailed, TurnResult, chat_body, read_stream
 from loadtest.conversation import Conversation
 from loadtest.probe import Probe, Sample
+
+# a session whose state is gone (expired, evicted, or its last move lost to a store error): the
+# server asks for the whole conversation, as an OpenAI-style client would send it anyway
+SESSION_EXPIRED = "session_state_expired"
 
 
 @events.init_command_line_parser.add_listener
@@ -73,7 +79,7 @@ class LoadRun:
         self.num_users = opts.num_users or 1
         self.num_done = 0
         self.started = time.monotonic()
-        self.redis_baseline = self.probe.sample().redis_used_memory
+        self.redis_baseline = self.probe.sample(reclaim_expired=True).redis_used_memory
         self.barrier = TurnBarrier(self.num_users, self.at_turn) if opts.lockstep else None
         self._files: dict[str, tuple] = {}
         self.sampler = gevent.spawn(self._sample_loop) if self.results else None
@@ -134,7 +140,7 @@ class LoadRun:
     def at_turn(self, turn: int) -> None:
         """Every conversation has finished `turn`: let retired parents expire, then sample."""
         gevent.sleep(self.opts.settle)
-        row = {"turn": turn, **self._row(self.probe.sample())}
+        row = {"turn": turn, **self._row(self.probe.sample(reclaim_expired=True))}
         n = max(1, row["num_conversations"])
         self.write("per_turn", row)
         print(f"turn {turn}/{self.opts.turns}: {n} conversations, {row['tokens_held']:,} tokens "
@@ -188,7 +194,11 @@ class HistoryUser(HttpUser):
         had_state = self.conv.num_turns > 0
         self.conv.ask()
         server = (self.conv.index + self.turn) % len(run.servers)
-        result, error = self._send(run.servers[server], opts)
+        url = run.servers[server]
+        result, error = self._send(url, *self._body(opts))
+        fallback = error == SESSION_EXPIRED
+        if fallback:  # what the error asks for: the whole conversation, same session
+            result, error = self._send(url, *self._body(opts, whole=True))
         if result is not None:
             self.conv.answered(result.text, result.total_tokens)
             self._report(result)
@@ -197,6 +207,7 @@ class HistoryUser(HttpUser):
         run.write("requests", {
             "conversation": self.conv.index, "variant": self.conv.variant, "turn": self.turn,
             "server": server, "ok": int(result is not None), "had_state": int(had_state),
+            "session_fallback": int(fallback),
             "prompt_tokens": result.prompt_tokens if result else 0,
             "cached_tokens": result.cached_tokens if result else 0,
             "completion_tokens": result.completion_tokens if result else 0,
@@ -208,16 +219,18 @@ class HistoryUser(HttpUser):
         elif opts.think_time:
             gevent.sleep(opts.think_time)
 
-    def _body(self, opts) -> tuple[dict, dict]:
+    def _body(self, opts, whole: bool = True) -> tuple[dict, dict]:
         seed = self.conv.index * 1000 + self.turn
         return chat_body(opts.model, self.conv.messages, opts.max_tokens, seed), {}
 
-    def _send(self, url: str, opts) -> tuple[TurnResult | None, str | None]:
-        body, headers = self._body(opts)
+    def _send(self, url: str, body: dict, headers: dict) -> tuple[TurnResult | None, str | None]:
         sent_at = time.perf_counter()
         with self.client.post(f"{url}/v1/chat/completions", json=body, headers=headers,
                               stream=True, catch_response=True, timeout=300,
                               name="/v1/chat/completions") as response:
+            if response.status_code == 404 and SESSION_EXPIRED in response.text:
+                response.success()  # part of the protocol: the client resends the whole turn
+                return None, SESSION_EXPIRED
             if response.status_code != 200:
                 error = f"HTTP {response.status_code}: {response.text[:200]}"
                 response.failure(error)
@@ -251,9 +264,9 @@ class SessionUser(HistoryUser):
     weight = 1
     uses_session = True
 
-    def _body(self, opts) -> tuple[dict, dict]:
+    def _body(self, opts, whole: bool = False) -> tuple[dict, dict]:
         seed = self.conv.index * 1000 + self.turn
-        new = self.conv.messages[-1:]
+        new = self.conv.messages if whole else self.conv.messages[-1:]
         if self.conv.index % 2:  # half say it in the header, half in the body
             return (chat_body(opts.model, new, opts.max_tokens, seed),
                     {"X-Session-Id": self.session_id})

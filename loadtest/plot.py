@@ -24,8 +24,10 @@ def plot(out: Path, summary: dict) -> Path:
     rss = [float(r["server_rss_bytes"]) for r in per_turn]
     redis = [float(r["redis_conversation_bytes"]) for r in per_turn]
     kv_by_turn: dict[int, list[float]] = {}
+    kv_tokens: dict[int, int] = {}  # the baseline's own count of the tokens it holds
     for r in kv_rows:
         kv_by_turn.setdefault(int(r["turn"]), []).append(float(r["kv_cache_bytes"]))
+        kv_tokens[int(r["turn"])] = kv_tokens.get(int(r["turn"]), 0) + int(r["tokens"])
     run = summary["run"]
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
@@ -33,8 +35,9 @@ def plot(out: Path, summary: dict) -> Path:
               label=f"retserve resident memory ({run['replicas']} replicas)")
     left.plot(tokens, [x / MIB for x in redis], "s-", ms=3, label="Redis memory (states)")
     if kv_by_turn:
-        left.plot(tokens, [sum(kv_by_turn.get(t, [0])) / MIB for t in turns], "^-", ms=3,
-                  label="transformer KV cache, same conversations")
+        kv_turns = sorted(kv_by_turn)
+        left.plot([kv_tokens[t] for t in kv_turns], [sum(kv_by_turn[t]) / MIB for t in kv_turns],
+                  "^-", ms=3, label="transformer KV cache, same conversations")
     left.set_xlabel(f"conversation tokens held ({run['conversations']} conversations)")
     left.set_ylabel("MiB")
     left.set_title("Memory against the tokens held")
@@ -48,9 +51,9 @@ def plot(out: Path, summary: dict) -> Path:
     right.plot(turns, [(x - rss[0]) / n / MIB for x, n in zip(rss, convs, strict=True)], "o-",
                ms=3, label="server resident memory per conversation, change since turn 1")
     if kv_by_turn:
-        right.plot(turns, [sum(kv_by_turn.get(t, [0])) / len(kv_by_turn.get(t, [1])) / MIB
-                           for t in turns], "^-", ms=3,
-                   label="transformer KV cache per conversation")
+        kv_turns = sorted(kv_by_turn)
+        right.plot(kv_turns, [sum(kv_by_turn[t]) / len(kv_by_turn[t]) / MIB for t in kv_turns],
+                   "^-", ms=3, label="transformer KV cache per conversation")
     right.set_xlabel("turn")
     right.set_ylabel("MiB per conversation")
     right.set_title("Memory per conversation against its length")

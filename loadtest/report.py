@@ -77,6 +77,8 @@ def summarise(out: Path, args, model: dict, kv: dict | None, locust_exit_code: i
         "requests": len(requests),
         "failed_requests": len(requests) - len(ok),
         "cross_replica_hops": len(hops),
+        # session turns the server asked to resend whole (their state was gone)
+        "session_fallbacks": sum(r.get("session_fallback") == "1" for r in requests),
         "cross_replica_hit_rate": (round(sum(int(r["cached_tokens"]) > 0 for r in hops)
                                    / len(hops), 5) if hops else None),
         "cached_tokens_share": (round(sum(int(r["cached_tokens"]) for r in ok)
@@ -100,6 +102,7 @@ def summarise(out: Path, args, model: dict, kv: dict | None, locust_exit_code: i
         "conversations": args.users, "turns": args.turns, "replicas": args.replicas,
         "max_tokens": args.max_tokens, "parent_grace_s": args.parent_grace,
         "settle_s": args.settle, "hot_cache_mb": args.hot_cache_mb,
+        "store_timeout_s": args.store_timeout,
         "num_threads_per_replica": args.num_threads, "model": model.get("id"),
         "locust_exit_code": locust_exit_code, "seconds": round(seconds, 1),
         "load_seconds": round(load_seconds, 1),

@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hot-cache-mb", type=int, default=16,
                    help="each replica's hot cache (full from turn 2 at 64 conversations)")
     p.add_argument("--num-threads", type=int, default=1, help="torch threads per replica")
+    p.add_argument("--store-timeout", type=float, default=5.0,
+                   help="the servers' --store-timeout: replicas, Redis and Locust share this "
+                   "machine's cores, so a Redis call can wait seconds for a CPU, not for Redis")
     p.add_argument("--out", type=Path, default=REPO / "loadtest" / "results")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the transformer KV-cache baseline (needs transformers)")
@@ -71,6 +74,7 @@ def main(argv=None) -> int:
         redis_server.wait_ready()
         replicas = [Retserve(i, redis_server.url, out, parent_grace=args.parent_grace,
                              hot_cache_mb=args.hot_cache_mb, num_threads=args.num_threads,
+                             store_timeout=args.store_timeout,
                              log_level="warning")
                     for i in range(args.replicas)]
         for replica in replicas:
