@@ -113,7 +113,9 @@ def summarise(out: Path, args, model: dict, kv: dict | None, locust_exit_code: i
 
 
 def _targets(summary: dict) -> dict:
-    targets = {}
+    targets = {"every_cross_replica_hop_reused_a_state":
+               summary["cross_replica_hit_rate"] == 1.0,
+               "no_failed_requests": summary["failed_requests"] == 0}
     rss = next((v for k, v in summary.items() if k.startswith("rss_change_")), None)
     redis = next((v for k, v in summary.items()
                   if k.startswith("redis_bytes_per_conversation_change_")), None)
