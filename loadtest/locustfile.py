@@ -140,7 +140,14 @@ class LoadRun:
     def at_turn(self, turn: int) -> None:
         """Every conversation has finished `turn`: let retired parents expire, then sample."""
         gevent.sleep(self.opts.settle)
-        row = {"turn": turn, **self._row(self.probe.sample(reclaim_expired=True))}
+        for attempt in range(3):  # a starved server can miss one scrape's timeout
+            try:
+                row = {"turn": turn, **self._row(self.probe.sample(reclaim_expired=True))}
+                break
+            except Exception as e:
+                print(f"probe at turn {turn}: {type(e).__name__}: {e}", flush=True)
+                if attempt == 2:
+                    return
         n = max(1, row["num_conversations"])
         self.write("per_turn", row)
         print(f"turn {turn}/{self.opts.turns}: {n} conversations, {row['tokens_held']:,} tokens "

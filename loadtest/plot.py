@@ -49,7 +49,7 @@ def plot(out: Path, summary: dict) -> Path:
     right.plot(turns, [x / n / MIB for x, n in zip(redis, convs, strict=True)], "s-", ms=3,
                label="Redis bytes per conversation")
     right.plot(turns, [(x - rss[0]) / n / MIB for x, n in zip(rss, convs, strict=True)], "o-",
-               ms=3, label="server resident memory per conversation, change since turn 1")
+               ms=3, label="server resident memory, change since turn 1, / conversations")
     if kv_by_turn:
         kv_turns = sorted(kv_by_turn)
         right.plot(kv_turns, [sum(kv_by_turn[t]) / len(kv_by_turn[t]) / MIB for t in kv_turns],

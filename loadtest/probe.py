@@ -35,7 +35,7 @@ class Sample:
         return asdict(self)
 
 
-def server_gauges(url: str, timeout: float = 5.0) -> dict[str, float]:
+def server_gauges(url: str, timeout: float = 15.0) -> dict[str, float]:
     """The gauges of SERVER_GAUGES from one replica's /metrics."""
     text = httpx.get(f"{url}/metrics", timeout=timeout).text
     found = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--turns", type=int, default=50, help="turns per conversation")
     p.add_argument("--replicas", type=int, default=2, help="retserve processes on one Redis")
     p.add_argument("--max-tokens", type=int, default=48)
-    p.add_argument("--run-time", default="30m", help="Locust's bound on the whole run")
+    p.add_argument("--run-time", default="90m", help="Locust's bound on the whole run (a "
+                   "safety net: the run ends when every conversation has had its turns)")
     p.add_argument("--parent-grace", type=float, default=1.0,
                    help="the servers' --parent-grace: shorter than --settle")
     p.add_argument("--settle", type=float, default=1.5, help="seconds at each turn's barrier "
@@ -62,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: the finally below stops what it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.csv"):
