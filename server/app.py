@@ -17,7 +17,7 @@ from server.errors import install_error_handlers
 from server.lifecycle import Lifecycle
 from server.metrics import ServerMetrics
 from server.middleware import RequestMiddleware
-from server.routes import chat, completions, health, models, playground, sessions
+from server.routes import chat, completions, health, models, playground, responses, sessions
 from server.runtime import Runtime
 from server.settings import Settings
 from server.streaming import ClientDisconnected
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(status_code=499)  # nobody reads it: the client left
 
     app.add_middleware(RequestMiddleware, lifecycle=lifecycle, metrics=metrics)
-    for module in (chat, completions, models, sessions, health):
+    for module in (chat, completions, responses, models, sessions, health):
         app.include_router(module.router)
     if settings.playground:
         playground.install(app)

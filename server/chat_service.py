@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from engine.engine import AsyncEngine
@@ -44,6 +44,8 @@ from state_store import (
 )
 
 logger = logging.getLogger("retserve.chat")
+# what a turn started from a given state hands its exact end state to (a stored response)
+KeepState = Callable[[StateRecord | None], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,35 @@ class ChatService:
             turn = ChatTurn("", [], params, n, stop, None, request_id)
             plan = TurnPlan(turn, TurnTokens(list(prompt_ids), None, "raw"), None)
             return self._stream(plan, save=False)
+        except BaseException:
+            self._release()
+            raise
+
+    async def start_from_state(self, turn: ChatTurn, start: StateRecord | None,
+                               keep: KeepState | None = None) -> TurnStream:
+        """A turn over `turn.messages` alone, continuing the state in `start` (None: fed from
+        scratch): no lookup, no content key, no session. What a stored response continues
+        from. With `keep`, the record of the exact state after the turn (None when it cannot
+        be made) is handed to it before the stream ends; store errors it raises are counted.
+        Raises APIError 404 for a record this model cannot use, 400 for a template that needs
+        the earlier text."""
+        self._admit()
+        try:
+            state = await self._state_of(start)
+            if start is not None and state is None:
+                raise not_found("the stored state cannot be used by this model", None,
+                                "state_refused")
+            if state is None:
+                tokens = await self._encode(self.encoder.whole, turn.messages)
+            else:
+                tokens = await self._encode(self.encoder.after_unknown, turn.messages)
+                if tokens is None:
+                    raise bad_request("this model's chat template needs the whole "
+                                      "conversation to continue a stored state")
+            self._check_prompt_length(len(tokens.ids))
+            cached = 0 if state is None else int(state.num_tokens[0])
+            self.metrics.prefix_lookup(cached + len(tokens.ids), cached)
+            return self._stream(TurnPlan(turn, tokens, state), save=False, keep=keep)
         except BaseException:
             self._release()
             raise
@@ -241,11 +272,13 @@ class ChatService:
 
     # generation -----------------------------------------------------------------------------
 
-    def _stream(self, plan: TurnPlan, save: bool = True) -> TurnStream:
+    def _stream(self, plan: TurnPlan, save: bool = True, keep: KeepState | None = None
+                ) -> TurnStream:
         turn = plan.turn
         request_id = turn.request_id or uuid.uuid4().hex
         ids = plan.tokens.ids
-        save = save and self.conversations is not None and self.options.reuse_states
+        save = keep is not None or (save and self.conversations is not None
+                                    and self.options.reuse_states)
         trailing = self.encoder.end_of_turn_ids if save else ()
         prefill = None
         start_ids, start_state = ids, plan.state
@@ -265,11 +298,15 @@ class ChatService:
             choices.append(Choice(i, request, StopMatcher(turn.stop), tool_parser=parser))
         cached = 0 if plan.state is None else int(plan.state.num_tokens[0])
         timeout = self.options.request_timeout
+        on_complete = None
+        if keep is not None:
+            on_complete = lambda stream: self._keep(plan, stream, keep)
+        elif save:
+            on_complete = lambda stream: self._save(plan, stream)
         return TurnStream(
             self.engine, choices, Usage(cached + len(ids), cached), self.metrics,
             prefill=prefill, deadline=None if timeout is None else time.monotonic() + timeout,
-            on_complete=(lambda stream: self._save(plan, stream)) if save else None,
-            on_close=self._release)
+            on_complete=on_complete, on_close=self._release)
 
     # saving ---------------------------------------------------------------------------------
 
@@ -303,6 +340,17 @@ class ChatService:
             except (ConflictError, LookupError):
                 logger.warning("session %r moved during a turn; its pointer keeps the other "
                                "turn's state", turn.session_id)
+
+    async def _keep(self, plan: TurnPlan, stream: TurnStream, keep: KeepState) -> None:
+        """The first choice's exact state, as a record, handed to `keep`."""
+        choice, record = stream.choices[0], None
+        if choice.finish_reason in ("stop", "length"):
+            reply = {"role": "assistant", "content": choice.text}
+            state = await self._exact_state(plan, choice, reply)
+            if state is not None:
+                record = await asyncio.to_thread(record_from_state, state,
+                                                 self.model_fingerprint, self._state_dtype)
+        await self._guard("save", keep(record))
 
     async def _exact_state(self, plan: TurnPlan, choice: Choice, reply: Mapping
                            ) -> RetentionState | None:

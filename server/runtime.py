@@ -19,6 +19,7 @@ from server.protocol.common import Limits
 from server.settings import Settings
 from server.token_text import TokenText
 from state_store import ConversationStore, HotCache, StateStore, StoreUnavailable, open_store
+from state_store.responses import ResponseStore
 
 logger = logging.getLogger("retserve.runtime")
 STORE_DEGRADED_SECONDS = 30.0  # a store error this recent keeps /ready at "degraded"
@@ -35,6 +36,7 @@ class Runtime:
     token_text: TokenText
     limits: Limits
     created: int
+    responses: ResponseStore | None = None
 
     @classmethod
     def build(cls, settings: Settings, metrics: ServerMetrics) -> Runtime:
@@ -61,9 +63,12 @@ class Runtime:
         limits = Limits(max_output_tokens=settings.max_output_tokens,
                         default_max_tokens=settings.default_max_tokens, max_n=settings.max_n,
                         vocab_size=llm.model.config.vocab_size)
+        responses = ResponseStore(store, llm.model_fingerprint, ttl=settings.response_ttl,
+                                  max_per_tenant=settings.max_responses_per_tenant,
+                                  namespace=settings.store_namespace, hot_cache=hot_cache)
         runtime = cls(settings, tokenizer, engine, store, conversations, service,
                       TokenText(tokenizer, settings.model / "tokenizer.json"), limits,
-                      int(time.time()))
+                      int(time.time()), responses)
         metrics.attach(engine.stats, store.stats.snapshot, runtime.state_bytes,
                        runtime.is_store_up)
         logger.info("loaded %s (%s, fingerprint %s), %d state slots of %d bytes, store %s",

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     hot_cache_mb: int = Field(256, ge=0, description="in-process cache of recent states")
     reuse_states: bool = Field(True, description="continue from stored states (off: every "
                                "turn prefills its whole conversation)")
+    # stored responses (/v1/responses, store: true): one state record each
+    response_ttl: float = Field(30 * 86400.0, gt=0, description="seconds a stored response "
+                                "lives after it is made")
+    max_responses_per_tenant: int = Field(1000, ge=1, description="stored responses a tenant "
+                                          "keeps; storing one more deletes its oldest")
     # access
     api_keys: SecretStr | None = Field(None, description="comma-separated KEY or KEY:TENANT")
     api_keys_file: Path | None = Field(None, description="file of lines KEY [TENANT]")

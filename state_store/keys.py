@@ -3,6 +3,9 @@
     <namespace>:<tenant hash>:c:<content key>   immutable state record of a conversation prefix
     <namespace>:<tenant hash>:s:<session hash> mutable pointer: session -> content key
     <namespace>:<tenant hash>:p:<content key>   pin: a fork shares this record, keep it
+    <namespace>:<tenant hash>:r:<response hash> immutable state record of a stored response
+    <namespace>:<tenant hash>:o:<response hash> that response's object (JSON), beside it
+    <namespace>:<tenant hash>:q:<slot> | q:next the tenant's ring of stored response ids (its cap)
 
 Callers hand in a tenant and get keys under that tenant's prefix only; no function takes a raw
 key or another tenant's hash, so there is no way to name (or probe) a key of another tenant.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import re
 from collections.abc import Mapping, Sequence
 
@@ -85,3 +89,21 @@ def content_keys(tenant: str, model_fingerprint: str, messages: Sequence[Mapping
         state = _digest(b"rs-content", state, canonical_message(message))
         ids.append(state.hex())
     return ids
+
+
+_RESPONSE_PARTS = {"state": "r", "object": "o"}
+
+
+def response_key(namespace: str, tenant: str, response_id: str, part: str = "state") -> str:
+    """A stored response's state record (part "state") or its response object ("object")."""
+    # hashed like session ids: a client may send any string as previous_response_id
+    if not isinstance(response_id, str) or not 0 < len(response_id) <= 256:
+        raise ValueError("response_id must be a string of 1..256 characters")
+    digest = _digest(b"rs-response", response_id.encode()).hex()
+    return f"{tenant_prefix(namespace, tenant)}{_RESPONSE_PARTS[part]}:{digest}"
+
+
+def response_slot_key(namespace: str, tenant: str, slot: int | None) -> str:
+    """Slot `slot` of the tenant's ring of stored response ids; None: the ring's counter."""
+    name = "next" if slot is None else str(operator.index(slot))
+    return f"{tenant_prefix(namespace, tenant)}q:{name}"

@@ -1,0 +1,197 @@
+"""The Responses API through the official `openai` client, against a real server on the real
+Redis: response objects and streamed events in OpenAI's shapes; a chain of responses feeds only
+each new input, whatever the history's length, and says what a full prefill of the whole
+conversation says; branches; retrieve, delete and input items; 404s in OpenAI's shape."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from engine.checkpoint import DEFAULT_MODEL_DIR
+from engine.tokenizer import Tokenizer
+from server.turn_encoding import TurnEncoder
+from tests.server.conftest import unique, user
+from tests.server_process import MODEL_NAME, ServerProcess
+
+GREEDY = dict(model=MODEL_NAME, temperature=0.0, max_output_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def full_prefill_server(tmp_path_factory):
+    """The same model with reuse off: chat completions feed the whole conversation."""
+    process = ServerProcess(tmp_path_factory.mktemp("no-reuse"), store_url="memory://",
+                            reuse_states=False).start()
+    yield process
+    process.kill()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TurnEncoder(Tokenizer.from_dir(DEFAULT_MODEL_DIR))
+
+
+def reply_of(response) -> dict:
+    return {"role": "assistant", "content": response.output_text}
+
+
+def fresh_reply(server, messages: list[dict]) -> str:
+    """The greedy reply to the whole conversation, fed from scratch."""
+    done = server.client().chat.completions.create(
+        model=MODEL_NAME, messages=messages, temperature=0.0, max_tokens=12)
+    return done.choices[0].message.content
+
+
+def test_a_response_has_openais_shape_and_is_retrieved_as_it_was_returned(client):
+    said = unique("My name is Ingrid.")
+    made = client.responses.create(input=said, instructions="Be brief.",
+                                   metadata={"run": "shape"}, **GREEDY)
+    assert made.object == "response" and made.id.startswith("resp_")
+    assert made.status in ("completed", "incomplete") and made.error is None
+    assert made.instructions == "Be brief." and made.metadata == {"run": "shape"}
+    assert made.model == MODEL_NAME and made.store is True and made.previous_response_id is None
+    (message,) = made.output
+    assert (message.type, message.role, message.status) == ("message", "assistant", made.status)
+    assert message.id.startswith("msg_") and message.content[0].type == "output_text"
+    assert made.output_text == message.content[0].text and made.output_text
+    usage = made.usage
+    assert usage.input_tokens_details.cached_tokens == 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    got = client.responses.retrieve(made.id)
+    assert got.model_dump() == made.model_dump()
+    items = client.responses.input_items.list(made.id)  # the instructions are not an item
+    assert [(i.type, i.role, i.content[0].text) for i in items.data] == [
+        ("message", "user", said)]
+    assert items.data[0].id.startswith("msg_") and items.first_id == items.data[0].id
+
+
+def test_a_chain_of_20_responses_never_refeeds_history(client, encoder, full_prefill_server):
+    history: list[dict] = []
+    previous = None
+    for turn in range(20):
+        new = [user(unique(f"Fact {turn}: my number is {turn * 7}.") if turn == 0
+                    else f"Fact {turn}: my number is {turn * 7}.")]
+        made = client.responses.create(input=new[0]["content"], previous_response_id=previous,
+                                       **GREEDY)
+        assert made.previous_response_id == previous
+        usage = made.usage
+        fed = usage.input_tokens - usage.input_tokens_details.cached_tokens
+        if turn == 0:
+            assert usage.input_tokens_details.cached_tokens == 0
+        else:  # only the new input, and the state covers the whole conversation before it
+            assert fed == len(encoder.after_unknown(new).ids), turn
+            assert usage.input_tokens_details.cached_tokens == len(
+                encoder.tokenizer.encode_chat(history, add_generation_prompt=False)), turn
+        if turn in (1, 19):  # the same words as the whole conversation fed from scratch
+            assert made.output_text == fresh_reply(full_prefill_server, [*history, *new])
+        history += [*new, reply_of(made)]
+        previous = made.id
+
+
+def test_two_branches_of_one_response_each_continue_only_their_own_line(
+        client, encoder, full_prefill_server):
+    root = client.responses.create(input=unique("My pet is a ferret."), **GREEDY)
+    base = [user(client.responses.input_items.list(root.id).data[0].content[0].text),
+            reply_of(root)]
+    lines = {}
+    for question in ("What is my pet?", "Tell me a number."):
+        made = client.responses.create(input=question, previous_response_id=root.id, **GREEDY)
+        assert made.usage.input_tokens_details.cached_tokens == len(
+            encoder.tokenizer.encode_chat(base, add_generation_prompt=False))
+        lines[question] = (made, [*base, user(question), reply_of(made)])
+    for made, messages in lines.values():
+        follow = client.responses.create(input="And then?", previous_response_id=made.id,
+                                         **GREEDY)
+        assert follow.output_text == fresh_reply(full_prefill_server,
+                                                 [*messages, user("And then?")])
+    assert client.responses.retrieve(root.id).id == root.id  # the parent stays for more
+
+
+def test_streamed_events_are_openais_sequence_and_add_up_to_the_stored_response(client):
+    first = client.responses.create(input=unique("I live in Bergen."), **GREEDY)
+    events = list(client.responses.create(input="Where do I live?", stream=True,
+                                          previous_response_id=first.id, **GREEDY))
+    kinds = [e.type for e in events]
+    last = "response.completed" if kinds[-1] == "response.completed" else "response.incomplete"
+    deltas = kinds.count("response.output_text.delta")
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added", *["response.output_text.delta"] * deltas,
+                     "response.output_text.done", "response.content_part.done",
+                     "response.output_item.done", last]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].response.status == "in_progress" and events[0].response.output == []
+    final = events[-1].response
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas > 0 and text == final.output_text == events[-4].text
+    assert {e.item_id for e in events[3:-2]} == {final.output[0].id}
+    assert final.usage.input_tokens_details.cached_tokens > 0
+    assert client.responses.retrieve(final.id).model_dump() == final.model_dump()
+
+
+def test_the_stream_helper_reassembles_the_response(client):
+    with client.responses.stream(input=unique("Say hello."), **GREEDY) as stream:
+        texts = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(texts) == final.output_text
+
+
+def test_a_response_made_with_store_false_cannot_be_retrieved_or_continued(client):
+    made = client.responses.create(input=unique("Not kept."), store=False, **GREEDY)
+    assert made.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(made.id)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.create(input="Hi", previous_response_id=made.id, **GREEDY)
+    assert e.value.body["param"] == "previous_response_id"
+
+
+def test_unknown_and_deleted_ids_are_404_in_openais_shape(client, server):
+    made = client.responses.create(input=unique("Delete me."), **GREEDY)
+    assert client.responses.delete(made.id) is None  # the client returns nothing on success
+    for response_id in ("resp_unknown", made.id):
+        for call in (client.responses.retrieve, client.responses.delete,
+                     client.responses.input_items.list):
+            with pytest.raises(openai.NotFoundError) as e:
+                call(response_id)
+            assert e.value.body == {"message": f"Response with id '{response_id}' not found.",
+                                    "type": "invalid_request_error", "param": None,
+                                    "code": None}
+        with pytest.raises(openai.NotFoundError) as e:
+            client.responses.create(input="Hi", previous_response_id=response_id, **GREEDY)
+        assert e.value.body["param"] == "previous_response_id"
+    raw = httpx.get(f"{server.url}/v1/responses/resp_unknown")
+    assert raw.status_code == 404 and set(raw.json()) == {"error"}
+
+
+def test_input_items_keep_ids_and_page_both_ways(client):
+    made = client.responses.create(input=[
+        {"role": "developer", "content": "Answer in one word."},
+        {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": unique("Colour?")}]},
+        {"role": "assistant", "content": "Teal."},
+        {"role": "user", "content": "Again?"}], **GREEDY)
+    items = list(client.responses.input_items.list(made.id, order="asc"))
+    assert [i.role for i in items] == ["developer", "user", "assistant", "user"]
+    assert items[2].type == "message" and items[2].content[0].type == "output_text"
+    assert len({i.id for i in items}) == 4
+    newest_first = client.responses.input_items.list(made.id, limit=3)
+    assert [i.id for i in newest_first.data] == [i.id for i in items[::-1][:3]]
+    assert newest_first.has_more is True
+    rest = client.responses.input_items.list(made.id, limit=3, after=newest_first.last_id)
+    assert [i.id for i in rest.data] == [items[0].id] and rest.has_more is False
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"input": []}, "input"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+     "input.0.content.0.type"),
+    ({"input": [{"type": "message", "content": "no role"}]}, "input.0.role"),
+    ({"input": "Hi", "max_output_tokens": 10**6}, "max_output_tokens"),
+    ({"input": "Hi", "background": True}, "background"),
+    ({"input": "Hi", "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+])
+def test_bad_requests_are_400s_that_name_the_parameter(server, body, param):
+    response = httpx.post(f"{server.url}/v1/responses", json={"model": MODEL_NAME, **body})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
