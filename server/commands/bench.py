@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 
-BENCHMARKS = ("forms", "decode", "store", "state_dtype", "turns", "constraints")
+BENCHMARKS = ("forms", "decode", "store", "state_dtype", "turns", "constraints", "agents")
 
 
 def register(sub) -> None:
