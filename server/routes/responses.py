@@ -101,7 +101,7 @@ async def create_response(body: ResponseRequest, request: Request, runtime: Runt
     log = request.state.log_fields
     log["tenant"] = tenant_hash(tenant)
     if body.stream:
-        return sse_response(_events(stream, draft, log))
+        return sse_response(_events(stream, draft, log), runtime.settings.keepalive_seconds)
     return await run_until_disconnect(request, _complete(stream, draft, log))
 
 
