@@ -157,9 +157,10 @@ class ChatService:
                 raise not_found("the stored state cannot be used by this model", None,
                                 "state_refused")
             if state is None:
-                tokens = await self._encode(self.encoder.whole, turn.messages)
+                tokens = await self._encode(self.encoder.whole, turn.messages, tools=turn.tools)
             else:
-                tokens = await self._encode(self.encoder.after_unknown, turn.messages)
+                tokens = await self._encode(self.encoder.after_unknown, turn.messages,
+                                            tools=turn.tools)
                 if tokens is None:
                     raise bad_request("this model's chat template needs the whole "
                                       "conversation to continue a stored state")
@@ -344,9 +345,8 @@ class ChatService:
     async def _keep(self, plan: TurnPlan, stream: TurnStream, keep: KeepState) -> None:
         """The first choice's exact state, as a record, handed to `keep`."""
         choice, record = stream.choices[0], None
-        if choice.finish_reason in ("stop", "length"):
-            reply = {"role": "assistant", "content": choice.text}
-            state = await self._exact_state(plan, choice, reply)
+        if choice.finish_reason in ("stop", "length", "tool_calls"):
+            state = await self._exact_state(plan, choice, choice.reply_message())
             if state is not None:
                 record = await asyncio.to_thread(record_from_state, state,
                                                  self.model_fingerprint, self._state_dtype)

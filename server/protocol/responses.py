@@ -1,11 +1,11 @@
-"""POST /v1/responses: the request, its input items as template messages, and the response
-object with its output items and usage, in the shapes OpenAI returns (openai-python's
-`types/responses`)."""
+"""POST /v1/responses: the request and its input items as the chat template takes them (in the
+shapes of openai-python's `types/responses`). Tools, tool_choice and text.format become the same
+output constraint as on chat completions (server/protocol/tools.py)."""
 
 from __future__ import annotations
 
-import time
 import uuid
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field
@@ -14,11 +14,23 @@ from server.chat_service import ChatTurn
 from server.errors import APIError, bad_request
 from server.protocol.chat import ROLE_FOR_TEMPLATE
 from server.protocol.common import Limits, OpenAIModel, SamplingFields
-from server.turn_stream import TurnStream
+from server.protocol.tools import (
+    FunctionDefinition,
+    FunctionName,
+    JsonSchemaFormat,
+    NamedToolChoice,
+    OutputConstraint,
+    ResponseFormat,
+    ToolDefinition,
+    output_constraint,
+)
 
 MAX_RESPONSE_ID = 256
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512  # OpenAI's limits
 TEXT_PART_TYPES = {"input_text", "output_text", "text"}
+# chat completions' names of the fields a constraint error may name -> this API's names
+_PARAMS = (("response_format.json_schema", "text.format"), ("response_format", "text.format"),
+           (".function.", "."))
 
 
 def new_item_id(prefix: str) -> str:
@@ -52,9 +64,17 @@ class InputItem(OpenAIModel):
     status: str | None = None
 
 
-class TextFormat(OpenAIModel):
-    type: str = "text"
+class FunctionTool(OpenAIModel):
+    type: str
     name: str | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class TextFormat(OpenAIModel):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = Field(None, max_length=64)
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
     description: str | None = None
@@ -73,8 +93,8 @@ class ResponseRequest(SamplingFields):
     store: bool = True
     stream: bool = False
     max_output_tokens: int | None = Field(None, ge=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
     metadata: dict[str, str] | None = None
@@ -83,9 +103,62 @@ class ResponseRequest(SamplingFields):
 
     def to_turn(self, tenant: str, limits: Limits, request_id: str) -> ChatTurn:
         self._check_supported(limits)
+        constraint = self.constraint()
+        if constraint.grammar is not None and self.ignore_eos:
+            raise bad_request("ignore_eos cannot be combined with tools or text.format",
+                              "ignore_eos")
         params = self.sampling_params(self.max_output_tokens, limits, None)
+        if constraint.grammar is not None:
+            params = replace(params, grammar=constraint.grammar)
         return ChatTurn(tenant=tenant, messages=self.template_messages(), params=params,
-                        stop=self.stop_strings(), request_id=request_id)
+                        stop=self.stop_strings(), request_id=request_id,
+                        tools=constraint.tools, tool_call_mode=constraint.tool_call_mode)
+
+    def constraint(self) -> OutputConstraint:
+        """Tools, tool_choice and text.format as chat completions' fields, checked there."""
+        try:
+            return output_constraint(self._tool_definitions(), self._tool_choice(),
+                                     self.parallel_tool_calls, self._response_format())
+        except APIError as e:
+            for theirs, ours in _PARAMS:
+                e.param = e.param and e.param.replace(theirs, ours)
+                e.message = e.message.replace(theirs, ours)
+            raise
+
+    def _tool_definitions(self) -> list[ToolDefinition] | None:
+        if not self.tools:
+            return None
+        out = []
+        for i, tool in enumerate(self.tools):
+            if tool.type != "function":
+                raise _unsupported(f"tools[{i}]: tools of type {tool.type!r} are not supported "
+                                   "(function tools only)", f"tools.{i}.type")
+            if tool.name is None:
+                raise bad_request(f"missing required parameter: tools[{i}].name",
+                                  f"tools.{i}.name", "missing_required")
+            out.append(ToolDefinition(type="function", function=FunctionDefinition(
+                name=tool.name, description=tool.description, parameters=tool.parameters,
+                strict=tool.strict)))
+        return out
+
+    def _tool_choice(self) -> str | NamedToolChoice | None:
+        choice = self.tool_choice
+        if not isinstance(choice, dict):
+            return choice
+        if choice.get("type") != "function" or not isinstance(choice.get("name"), str):
+            raise _unsupported("tool_choice: a mode (none, auto, required) or "
+                               '{"type": "function", "name": ...}', "tool_choice")
+        return NamedToolChoice(type="function", function=FunctionName(name=choice["name"]))
+
+    def _response_format(self) -> ResponseFormat | None:
+        fmt = self.text.format if self.text is not None else None
+        if fmt is None or fmt.type != "json_schema":
+            return None if fmt is None else ResponseFormat(type=fmt.type)
+        if fmt.name is None:
+            raise bad_request("missing required parameter: text.format.name",
+                              "text.format.name", "missing_required")
+        return ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(
+            name=fmt.name, description=fmt.description, schema=fmt.schema_, strict=fmt.strict))
 
     def _check_supported(self, limits: Limits) -> None:
         if self.n != 1:
@@ -98,12 +171,6 @@ class ResponseRequest(SamplingFields):
         if self.conversation is not None:
             raise _unsupported("conversations are not supported: continue a response with "
                                "previous_response_id", "conversation")
-        if self.tools:
-            raise _unsupported("tools are not supported by this server yet", "tools")
-        fmt = self.text.format if self.text is not None else None
-        if fmt is not None and fmt.type != "text":
-            raise _unsupported(f"text.format {fmt.type!r} is not supported by this server yet",
-                               "text.format")
         if self.metadata is not None:
             if len(self.metadata) > MAX_METADATA_PAIRS:
                 raise bad_request(f"metadata: at most {MAX_METADATA_PAIRS} pairs", "metadata")
@@ -121,13 +188,36 @@ class ResponseRequest(SamplingFields):
 
     def template_messages(self) -> list[dict]:
         """What the model is fed, as the chat template takes it: the instructions as a system
-        message, then every input item. After a previous response the earlier instructions
-        are in its state already; new ones are added (a state cannot drop what it was fed)."""
+        message, then every input item (function calls join the assistant message before them,
+        as the model wrote them; a call's output is a tool message). After a previous response
+        the earlier instructions are in its state already; new ones are added (a state cannot
+        drop what it was fed)."""
         messages = []
         if self.instructions:
             messages.append({"role": "system", "content": self.instructions})
         for i, item in enumerate(self.items()):
-            messages.append(_template_message(i, item))
+            if item.type == "function_call":
+                call = {"id": _required(i, item.call_id, "call_id"), "type": "function",
+                        "function": {"name": _required(i, item.name, "name"),
+                                     "arguments": _required(i, item.arguments, "arguments")}}
+                last = messages[-1] if messages else None
+                if last is not None and last["role"] == "assistant":
+                    last.setdefault("tool_calls", []).append(call)
+                else:
+                    messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            elif item.type == "function_call_output":
+                messages.append({"role": "tool",
+                                 "tool_call_id": _required(i, item.call_id, "call_id"),
+                                 "content": _required(i, _text_of(i, item.output, "output"),
+                                                      "output")})
+            elif item.type == "message":
+                role = _required(i, item.role, "role")
+                messages.append({"role": ROLE_FOR_TEMPLATE.get(role, role),
+                                 "content": _required(i, _text_of(i, item.content, "content"),
+                                                      "content")})
+            else:
+                raise _unsupported(f"input[{i}]: items of type {item.type!r} are not supported",
+                                   f"input.{i}.type")
         return messages
 
     def input_items(self) -> list[dict]:
@@ -135,18 +225,37 @@ class ResponseRequest(SamplingFields):
         with an id and a status."""
         out = []
         for i, item in enumerate(self.items()):
-            text = _text_of(i, item.content, "content") if item.type == "message" else None
-            if item.type == "message" and item.role == "assistant":
-                out.append(message_item(item.id or new_item_id("msg"), text or "", "completed"))
-            elif item.type == "message":
+            if item.type == "function_call":
+                out.append({"id": item.id or new_item_id("fc"), "type": "function_call",
+                            "status": "completed", "call_id": item.call_id, "name": item.name,
+                            "arguments": item.arguments})
+            elif item.type == "function_call_output":
+                out.append({"id": item.id or new_item_id("fco"),
+                            "type": "function_call_output", "status": "completed",
+                            "call_id": item.call_id,
+                            "output": _text_of(i, item.output, "output")})
+            elif item.role == "assistant":
+                out.append({"id": item.id or new_item_id("msg"), "type": "message",
+                            "status": "completed", "role": "assistant",
+                            "content": [{"type": "output_text", "annotations": [],
+                                         "text": _text_of(i, item.content, "content")}]})
+            else:
                 out.append({"id": item.id or new_item_id("msg"), "type": "message",
                             "role": item.role, "status": "completed",
-                            "content": [{"type": "input_text", "text": text or ""}]})
+                            "content": [{"type": "input_text",
+                                         "text": _text_of(i, item.content, "content")}]})
         return out
 
 
 def _unsupported(message: str, param: str) -> APIError:
     return bad_request(message, param, "unsupported_parameter")
+
+
+def _required(i: int, value, field: str):
+    if value is None:
+        raise bad_request(f"missing required parameter: input[{i}].{field}",
+                          f"input.{i}.{field}", "missing_required")
+    return value
 
 
 def _text_of(i: int, content: str | list[InputContent] | None, field: str) -> str | None:
@@ -160,88 +269,3 @@ def _text_of(i: int, content: str | list[InputContent] | None, field: str) -> st
                               "not supported (text only)", f"input.{i}.{field}.{j}.type")
         texts.append(part.text)
     return "\n".join(texts)
-
-
-def _template_message(i: int, item: InputItem) -> dict:
-    if item.type != "message":
-        raise _unsupported(f"input[{i}]: items of type {item.type!r} are not supported by this "
-                           "server yet", f"input.{i}.type")
-    if item.role is None:
-        raise bad_request(f"missing required parameter: input[{i}].role", f"input.{i}.role",
-                          "missing_required")
-    text = _text_of(i, item.content, "content")
-    if text is None:
-        raise bad_request(f"missing required parameter: input[{i}].content",
-                          f"input.{i}.content", "missing_required")
-    return {"role": ROLE_FOR_TEMPLATE.get(item.role, item.role), "content": text}
-
-
-# the response object -------------------------------------------------------------------------
-
-
-def output_text(text: str) -> dict:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def message_item(item_id: str, text: str | None, status: str) -> dict:
-    """An assistant message item; `text` None: just opened, no content part yet."""
-    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-            "content": [] if text is None else [output_text(text)]}
-
-
-def response_usage(input_tokens: int, cached_tokens: int, output_tokens: int) -> dict:
-    return {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": cached_tokens},
-            "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": input_tokens + output_tokens}
-
-
-class ResponseDraft:
-    """One response being made: its id, its item ids, and the response object at each stage
-    (created, and completed from the finished turn, built once so the stored object, the
-    returned one and the streamed one are the same)."""
-
-    def __init__(self, body: ResponseRequest, model: str):
-        self.body, self.model = body, model
-        self.id = new_item_id("resp")
-        self.message_id = new_item_id("msg")
-        self.created_at = int(time.time())
-        self.is_stored = False
-        self._completed: dict | None = None
-
-    def snapshot(self, status: str, output: list[dict], usage: dict | None = None,
-                 error: dict | None = None, incomplete: str | None = None) -> dict:
-        body = self.body
-        fmt = body.text.format if body.text is not None and body.text.format else None
-        return {
-            "id": self.id, "object": "response", "created_at": self.created_at,
-            "status": status, "background": False, "error": error,
-            "incomplete_details": None if incomplete is None else {"reason": incomplete},
-            "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
-            "max_tool_calls": None, "model": self.model, "output": output,
-            "parallel_tool_calls": (True if body.parallel_tool_calls is None
-                                    else body.parallel_tool_calls),
-            "previous_response_id": body.previous_response_id,
-            "reasoning": {"effort": None, "summary": None}, "service_tier": "default",
-            "store": body.store,
-            "temperature": 1.0 if body.temperature is None else body.temperature,
-            "text": {"format": {"type": fmt.type} if fmt else {"type": "text"}},
-            "tool_choice": body.tool_choice or "auto", "tools": body.tools or [],
-            "top_p": 1.0 if body.top_p is None else body.top_p, "truncation": "disabled",
-            "usage": usage, "user": body.user, "metadata": body.metadata or {},
-        }
-
-    def created(self) -> dict:
-        return self.snapshot("in_progress", [])
-
-    def completed(self, stream: TurnStream) -> dict:
-        """The finished response (status completed, or incomplete at max_output_tokens)."""
-        if self._completed is None:
-            choice, u = stream.choices[0], stream.usage
-            is_cut = choice.finish_reason == "length"
-            status = "incomplete" if is_cut else "completed"
-            output = [message_item(self.message_id, choice.text, status)]
-            self._completed = self.snapshot(
-                status, output, response_usage(u.prompt_tokens, u.cached_tokens,
-                                               u.completion_tokens),
-                incomplete="max_output_tokens" if is_cut else None)
-        return self._completed

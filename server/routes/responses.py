@@ -8,8 +8,6 @@ state and feeds only the new input, whatever the history's length.
 
 from __future__ import annotations
 
-import itertools
-import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
@@ -17,14 +15,9 @@ from fastapi import APIRouter, Path, Query, Request
 from server.auth import tenant_hash
 from server.deps import RuntimeDep, TenantDep
 from server.errors import APIError, bad_request, unavailable
-from server.protocol.responses import (
-    MAX_RESPONSE_ID,
-    ResponseDraft,
-    ResponseRequest,
-    message_item,
-    output_text,
-    response_not_found,
-)
+from server.protocol.response_objects import ResponseDraft
+from server.protocol.responses import MAX_RESPONSE_ID, ResponseRequest, response_not_found
+from server.response_events import ResponseEvents
 from server.routes.models import check_model
 from server.runtime import Runtime
 from server.streaming import log_turn, run_until_disconnect, sse_response
@@ -123,35 +116,18 @@ async def _complete(stream: TurnStream, draft: ResponseDraft, log: dict) -> dict
 
 
 async def _events(stream: TurnStream, draft: ResponseDraft, log: dict):
-    """OpenAI's event sequence for a text response, each event numbered."""
-    numbers = itertools.count()
-
-    def event(kind: str, **fields) -> dict:
-        data = {"type": kind, **fields, "sequence_number": next(numbers)}
-        return {"event": kind, "data": json.dumps(data, ensure_ascii=False)}
-
-    at = {"item_id": draft.message_id, "output_index": 0, "content_index": 0}
+    events = ResponseEvents(draft)
     try:
-        yield event("response.created", response=draft.created())
-        yield event("response.in_progress", response=draft.created())
-        yield event("response.output_item.added", output_index=0,
-                    item=message_item(draft.message_id, None, "in_progress"))
-        yield event("response.content_part.added", **at, part=output_text(""))
+        for event in events.start():
+            yield event
         async for delta in stream:
-            if delta.text:
-                yield event("response.output_text.delta", **at, delta=delta.text, logprobs=[])
-        final = _final(draft, stream)
-        message = final["output"][0]
-        part = message["content"][0]
-        yield event("response.output_text.done", **at, text=part["text"], logprobs=[])
-        yield event("response.content_part.done", **at, part=part)
-        yield event("response.output_item.done", output_index=0, item=message)
-        kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
-        yield event(kind, response=final)
+            for event in events.delta(delta):
+                yield event
+        for event in events.finish(_final(draft, stream)):
+            yield event
     except APIError as e:  # after the stream started: the error travels as events
-        yield event("error", code=e.code or e.type, message=e.message, param=e.param)
-        yield event("response.failed", response=draft.snapshot(
-            "failed", [], error={"code": "server_error", "message": e.message}))
+        for event in events.fail(e):
+            yield event
     finally:
         await stream.aclose()
         log_turn(log, stream)

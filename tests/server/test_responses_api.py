@@ -5,7 +5,10 @@ conversation says; branches; retrieve, delete and input items; 404s in OpenAI's 
 
 from __future__ import annotations
 
+import json
+
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -184,6 +187,16 @@ def test_input_items_keep_ids_and_page_both_ways(client):
 
 @pytest.mark.parametrize("body, param", [
     ({"input": []}, "input"),
+    ({"input": "Hi", "tools": [{"type": "web_search"}]}, "tools.0.type"),
+    ({"input": "Hi", "tool_choice": "required"}, "tool_choice"),
+    ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input.0.call_id"),
+    ({"input": [{"type": "reasoning", "summary": []}]}, "input.0.type"),
+    ({"input": "Hi", "text": {"format": {"type": "json_schema", "name": "x",
+                                         "schema": {"type": "string", "format": "uuid4x"}}}},
+     "text.format"),
+    ({"input": "Hi", "tools": [{"type": "function", "name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string", "format": "uuid4x"}}}}]},
+     "tools.0.parameters"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
      "input.0.content.0.type"),
     ({"input": [{"type": "message", "content": "no role"}]}, "input.0.role"),
@@ -195,3 +208,109 @@ def test_bad_requests_are_400s_that_name_the_parameter(server, body, param):
     response = httpx.post(f"{server.url}/v1/responses", json={"model": MODEL_NAME, **body})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+WEATHER = {"name": "get_weather", "description": "Current weather in a city.",
+           "parameters": {"type": "object", "required": ["city"],
+                          "properties": {"city": {"type": "string", "maxLength": 16}}}}
+TOOLS = [{"type": "function", **WEATHER}]  # the Responses API's flat shape
+CHAT_TOOLS = [{"type": "function", "function": WEATHER}]  # chat completions' shape
+CALLING = dict(GREEDY, max_output_tokens=96, parallel_tool_calls=False)
+
+
+def fresh_answer(server, messages: list[dict]) -> str:
+    """The greedy reply, with the tools, to the whole conversation fed from scratch."""
+    done = server.client().chat.completions.create(
+        model=MODEL_NAME, messages=messages, tools=CHAT_TOOLS, tool_choice="none",
+        temperature=0.0, max_tokens=12)
+    return done.choices[0].message.content
+
+
+def as_chat_call(item) -> dict:
+    return {"role": "assistant", "content": "", "tool_calls": [
+        {"id": item.call_id, "type": "function",
+         "function": {"name": item.name, "arguments": item.arguments}}]}
+
+
+def test_a_tool_call_round_trip_through_function_call_output(client, encoder,
+                                                             full_prefill_server):
+    asked = unique("What is the weather in Porto?")
+    called = client.responses.create(input=asked, tools=TOOLS, tool_choice="required",
+                                     **CALLING)
+    (call,) = called.output
+    assert (call.type, call.name, call.status) == ("function_call", "get_weather", "completed")
+    assert call.call_id.startswith("call_") and call.id.startswith("fc_")
+    assert set(json.loads(call.arguments)) == {"city"}
+    result = {"forecast": "sunny", "temperature": 21}
+    output = {"type": "function_call_output", "call_id": call.call_id,
+              "output": json.dumps(result)}
+    answered = client.responses.create(input=[output], previous_response_id=called.id,
+                                       tools=TOOLS, tool_choice="none", **GREEDY)
+    conversation = [user(asked), as_chat_call(call),
+                    {"role": "tool", "tool_call_id": call.call_id, "content": output["output"]}]
+    # the call survived the chain: the state covers it exactly, only the output was fed ...
+    usage = answered.usage
+    assert usage.input_tokens_details.cached_tokens == len(encoder.tokenizer.encode_chat(
+        conversation[:2], add_generation_prompt=False, tools=CHAT_TOOLS))
+    assert usage.input_tokens - usage.input_tokens_details.cached_tokens == len(
+        encoder.after_unknown(conversation[2:], tools=CHAT_TOOLS).ids)
+    # ... and the answer is the answer to the whole conversation fed from scratch
+    assert answered.output_text == fresh_answer(full_prefill_server, conversation)
+    # the stored objects keep the call and its output
+    assert client.responses.retrieve(called.id).output[0].model_dump() == call.model_dump()
+    (item,) = client.responses.input_items.list(answered.id).data
+    assert (item.type, item.call_id, item.output) == (
+        "function_call_output", call.call_id, output["output"])
+
+
+def test_a_history_with_function_call_items_is_the_same_conversation(client,
+                                                                     full_prefill_server):
+    asked = unique("Weather in Lyon?")
+    call = {"type": "function_call", "call_id": "call_abc", "name": "get_weather",
+            "arguments": '{"city": "Lyon"}'}
+    output = {"type": "function_call_output", "call_id": "call_abc",
+              "output": '{"forecast": "fog"}'}
+    done = client.responses.create(input=[user(asked), call, output], tools=TOOLS,
+                                   tool_choice="none", store=False, **GREEDY)
+    conversation = [user(asked), {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_abc", "type": "function",
+         "function": {"name": "get_weather", "arguments": call["arguments"]}}]},
+        {"role": "tool", "tool_call_id": "call_abc", "content": output["output"]}]
+    assert done.output_text == fresh_answer(full_prefill_server, conversation)
+
+
+def test_streamed_function_calls_are_openais_events(client):
+    events = list(client.responses.create(input=unique("Weather in Kyoto?"), tools=TOOLS,
+                                          tool_choice="required", stream=True, **CALLING))
+    kinds = [e.type for e in events]
+    pieces = kinds.count("response.function_call_arguments.delta")
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     *["response.function_call_arguments.delta"] * pieces,
+                     "response.function_call_arguments.done", "response.output_item.done",
+                     "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response
+    (call,) = final.output
+    assert events[2].item.type == "function_call" and events[2].item.id == call.id
+    assert events[2].item.arguments == "" and events[2].item.status == "in_progress"
+    joined = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert joined == events[-3].arguments == call.arguments and json.loads(joined)
+    assert events[-2].item.model_dump() == call.model_dump()
+    assert client.responses.retrieve(final.id).model_dump() == final.model_dump()
+
+
+def test_text_format_json_schema_output_parses_and_validates(client):
+    schema = {"type": "object", "additionalProperties": False,
+              "properties": {"name": {"type": "string", "maxLength": 12},
+                             "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                             "pet": {"enum": ["cat", "dog", "ferret"]}},
+              "required": ["name", "age", "pet"]}
+    fmt = {"format": {"type": "json_schema", "name": "person", "schema": schema,
+                      "strict": True}}
+    for seed in range(3):
+        made = client.responses.create(input=unique("A person as JSON."), text=fmt,
+                                       model=MODEL_NAME, temperature=1.0,
+                                       max_output_tokens=80, extra_body={"seed": seed})
+        assert made.status == "completed"
+        jsonschema.validate(json.loads(made.output_text), schema)
+        assert made.text.format.type == "json_schema" and made.text.format.name == "person"

@@ -17,6 +17,8 @@ from engine.sequence import Request
 from server.chat_service import ChatTurn, ServiceOptions
 from server.errors import APIError
 from server.local_service import close_service, local_service
+from server.protocol.common import Limits
+from server.protocol.responses import ResponseRequest
 from server.state_records import state_from_record
 from tests.server.conftest import delete_namespace, unique, user
 
@@ -41,22 +43,25 @@ async def service(model, redis_url):
 
 async def respond(service, new_messages, start, params=GREEDY, stop=()):
     """One stored-response turn: (stream, the record it handed back)."""
+    return await respond_turn(service, ChatTurn("t", new_messages, params, stop=stop), start)
+
+
+async def respond_turn(service, turn: ChatTurn, start):
     kept = []
 
     async def keep(record):
         kept.append(record)
 
-    stream = await service.start_from_state(ChatTurn("t", new_messages, params, stop=stop),
-                                            start, keep)
+    stream = await service.start_from_state(turn, start, keep)
     async for _ in stream:
         pass
     assert len(kept) == 1
     return stream, kept[0]
 
 
-def assert_state_is_fed_whole(service, model, record, messages):
+def assert_state_is_fed_whole(service, model, record, messages, tools=None):
     stored = state_from_record(record, model.config)
-    ids = service.tokenizer.encode_chat(messages, add_generation_prompt=False)
+    ids = service.tokenizer.encode_chat(messages, add_generation_prompt=False, tools=tools)
     with torch.inference_mode():
         _, reference = model.prefill(torch.tensor([ids]))
     assert stored.num_tokens.item() == len(ids)
@@ -120,3 +125,26 @@ async def test_a_state_this_model_cannot_use_is_a_404_and_frees_the_turn(service
     with pytest.raises(APIError) as e:
         await service.start_from_state(ChatTurn("t", [user("Hi.")], GREEDY), foreign)
     assert e.value.status == 404 and service.num_active == 0
+
+
+async def test_a_tool_call_and_its_output_store_the_whole_conversation(service, model):
+    limits = Limits(max_output_tokens=256, default_max_tokens=64, max_n=1,
+                    vocab_size=model.config.vocab_size)
+    tools = [{"type": "function", "name": "get_weather", "description": "Weather in a city.",
+              "parameters": {"type": "object", "required": ["city"], "properties": {
+                  "city": {"type": "string", "maxLength": 16}}}}]
+    asked = unique("What is the weather in Porto?")
+    calling = ResponseRequest(model="m", input=asked, tools=tools, tool_choice="required",
+                              temperature=0.0, max_output_tokens=64).to_turn("t", limits, "r1")
+    stream, record = await respond_turn(service, calling, None)
+    assert stream.choices[0].finish_reason == "tool_calls"
+    (call,) = stream.choices[0].tool_calls
+    told = [user(asked), stream.choices[0].reply_message()]
+    assert_state_is_fed_whole(service, model, record, told, calling.tools)
+    output = {"type": "function_call_output", "call_id": call.id, "output": '{"sky": "clear"}'}
+    answering = ResponseRequest(model="m", input=[output], tools=tools, tool_choice="none",
+                                temperature=0.0, max_output_tokens=16).to_turn("t", limits, "r2")
+    stream, record = await respond_turn(service, answering, record)
+    told += [{"role": "tool", "tool_call_id": call.id, "content": output["output"]},
+             {"role": "assistant", "content": stream.choices[0].text}]
+    assert_state_is_fed_whole(service, model, record, told, calling.tools)
