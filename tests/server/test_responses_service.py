@@ -135,7 +135,8 @@ async def test_a_tool_call_and_its_output_store_the_whole_conversation(service, 
                   "city": {"type": "string", "maxLength": 16}}}}]
     asked = unique("What is the weather in Porto?")
     calling = ResponseRequest(model="m", input=asked, tools=tools, tool_choice="required",
-                              temperature=0.0, max_output_tokens=64).to_turn("t", limits, "r1")
+                              parallel_tool_calls=False, temperature=0.0,
+                              max_output_tokens=96).to_turn("t", limits, "r1")
     stream, record = await respond_turn(service, calling, None)
     assert stream.choices[0].finish_reason == "tool_calls"
     (call,) = stream.choices[0].tool_calls
