@@ -27,7 +27,7 @@ from engine.sampling import SamplingParams
 from engine.sequence import Request
 from engine.state import RetentionState, dtype_from_name
 from engine.tokenizer import ChatTemplateError, Tokenizer
-from server.errors import bad_request, not_found, overloaded
+from server.errors import APIError, bad_request, not_found, overloaded, unavailable
 from server.state_records import record_from_state, state_from_record
 from server.stop_strings import StopMatcher
 from server.tool_calls import ToolCallParser
@@ -196,8 +196,7 @@ class ChatService:
         covered = 0
         keys = conv.content_keys(turn.tenant, turn.key_messages) if conv is not None else []
         if conv is not None and turn.session_id is not None:
-            session = await self._guard("session", conv.get_session(turn.tenant,
-                                                                      turn.session_id))
+            session = await self._session(turn)
         if session is not None:
             if session.content_key in keys:  # the whole conversation, resent
                 covered = keys.index(session.content_key) + 1
@@ -206,7 +205,7 @@ class ChatService:
                 base_key = parent_key = session.content_key
             # else: an edited history; found below like any conversation
             if parent_key is not None:
-                record = await self._guard("load", conv.load(turn.tenant, parent_key))
+                record = await self._session_state(turn, parent_key)
         if record is None and base_key is None and conv is not None:
             found = await self._guard("lookup", conv.lookup(turn.tenant, turn.key_messages,
                                                             keys))
@@ -241,6 +240,34 @@ class ChatService:
             return fn(*args, **kwargs)
         except ChatTemplateError as e:
             raise bad_request(f"messages: {e}", "messages") from e
+
+    async def _session(self, turn: ChatTurn) -> SessionInfo | None:
+        """The session's pointer; a store that cannot answer fails a request that sends only
+        its new messages (its conversation lives only in the store)."""
+        try:
+            return await self.conversations.get_session(turn.tenant, turn.session_id)
+        except RecordError:
+            return None  # an unreadable pointer is no session
+        except (StateStoreError, OSError, TimeoutError) as e:
+            self._store_failed("session", e)
+            if any(m["role"] == "assistant" for m in turn.messages):
+                return None  # the whole conversation is here: serve it by full prefill
+            raise self._store_down(turn, e) from e
+
+    async def _session_state(self, turn: ChatTurn, content_key: str) -> StateRecord | None:
+        try:
+            return await self.conversations.load(turn.tenant, content_key)
+        except RecordError:
+            return None  # refused and counted by the store: as good as expired
+        except (StateStoreError, OSError, TimeoutError) as e:
+            self._store_failed("load", e)
+            raise self._store_down(turn, e) from e
+
+    @staticmethod
+    def _store_down(turn: ChatTurn, error: BaseException) -> APIError:
+        return unavailable(f"the state store cannot be reached, so session "
+                           f"{turn.session_id!r} cannot be continued now: retry, or send the "
+                           f"whole conversation ({type(error).__name__})")
 
     async def _state_of(self, record: StateRecord | None) -> RetentionState | None:
         if record is None:
@@ -312,8 +339,12 @@ class ChatService:
     # saving ---------------------------------------------------------------------------------
 
     async def _save(self, plan: TurnPlan, stream: TurnStream) -> None:
-        """Every choice's state under its conversation's key; the parent retired; the session
-        moved to the first choice. Failures are counted, never raised."""
+        """Every choice's state under its conversation's key, the session moved to the first
+        choice, then the parent retired. Without a session, failures are counted and the turn
+        still succeeds (the client resends its history). With one, the server is the only
+        keeper of the conversation, so a turn whose state cannot be stored or whose pointer
+        cannot move fails (503, or 409 when a concurrent turn moved it): the session keeps
+        the conversation before the turn, and the client retries it."""
         turn, conv = plan.turn, self.conversations
         if any(c.finish_reason not in ("stop", "length", "tool_calls") for c in stream.choices):
             return
@@ -330,17 +361,31 @@ class ChatService:
                 turn.tenant, [*plan.new_messages, reply], record, base_key=plan.base_key)))
             if choice.index == 0:
                 first_record = record
+        if turn.session_id is not None:
+            await self._move_session(plan, keys[0], first_record)
         if plan.parent_key is not None and any(keys):
             await self._guard("retire", conv.retire(turn.tenant, plan.parent_key,
                                                     self.options.parent_grace))
-        if turn.session_id is not None and keys[0] is not None:
-            previous = plan.session.content_key if plan.session is not None else None
-            try:
-                await self._guard("session", conv.set_session(
-                    turn.tenant, turn.session_id, keys[0], previous, record=first_record))
-            except (ConflictError, LookupError):
-                logger.warning("session %r moved during a turn; its pointer keeps the other "
-                               "turn's state", turn.session_id)
+
+    async def _move_session(self, plan: TurnPlan, key: str | None,
+                            record: StateRecord | None) -> None:
+        turn = plan.turn
+        if key is None:
+            raise unavailable(f"the state after this turn could not be stored, so session "
+                              f"{turn.session_id!r} still holds the conversation before it; "
+                              "retry the turn")
+        previous = plan.session.content_key if plan.session is not None else None
+        try:
+            await self.conversations.set_session(turn.tenant, turn.session_id, key, previous,
+                                                 record=record)
+        except (ConflictError, LookupError) as e:
+            raise APIError(409, f"session {turn.session_id!r} moved during this turn (a "
+                           "concurrent request); it holds that request's conversation: retry",
+                           "invalid_request_error", "session_id", "session_conflict") from e
+        except (StateStoreError, OSError, TimeoutError) as e:
+            self._store_failed("session", e)
+            raise unavailable(f"session {turn.session_id!r} could not be moved to this turn's "
+                              "state (the state store failed); retry the turn") from e
 
     async def _keep(self, plan: TurnPlan, stream: TurnStream, keep: KeepState) -> None:
         """The first choice's exact state, as a record, handed to `keep`."""
