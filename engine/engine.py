@@ -469,8 +469,8 @@ class AsyncEngine:
         iterator is first awaited and aborted if the iterator is closed before it finishes."""
         if request.request_id in self._streams:
             raise InvalidRequestError(f"request id {request.request_id!r} is already running")
-        if self.engine.scheduler.num_waiting + self._inbox.qsize() >= \
-                self.engine.config.max_waiting:
+        if not request.admitted and self.engine.scheduler.num_waiting + self._inbox.qsize() \
+                >= self.engine.config.max_waiting:
             raise EngineOverloaded("the waiting queue is full")
         return self._stream(self.engine.make_sequence(request))
 

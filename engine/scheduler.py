@@ -67,7 +67,7 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def add(self, seq: Sequence) -> None:
-        if len(self.waiting) >= self.config.max_waiting:
+        if not seq.is_admitted and len(self.waiting) >= self.config.max_waiting:
             raise EngineOverloaded(f"{len(self.waiting)} requests are waiting already")
         self.waiting.append(seq)
 

@@ -26,6 +26,9 @@ class Request:
     # Feed the whole prompt and return its state, generating nothing: `n` choices of one prompt
     # prefill once, then each continues from a copy of this state.
     prefill_only: bool = False
+    # Part of a turn already admitted (its refeed, a copy of its prefilled prompt): never refused
+    # for a full waiting queue, which would fail that turn half done.
+    admitted: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Sequence:
         self.num_cached_tokens = (0 if request.initial_state is None
                                   else int(request.initial_state.num_tokens[0]))
         self.is_prefill_only = request.prefill_only
+        self.is_admitted = request.admitted
         self.return_state = request.return_state or request.prefill_only
         self.trailing_ids = tuple(request.trailing_ids)
         self.status = SequenceStatus.WAITING

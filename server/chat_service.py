@@ -320,7 +320,8 @@ class ChatService:
             if turn.n > 1 and params.seed is not None:
                 params = replace(params, seed=params.seed + i)  # n different draws, repeatable
             request = Request(f"{request_id}-{i}", start_ids, params, initial_state=start_state,
-                              return_state=save, trailing_ids=trailing)
+                              return_state=save, trailing_ids=trailing,
+                              admitted=prefill is not None or i > 0)
             parser = (None if turn.tool_call_mode is None else
                       ToolCallParser(calls_only=turn.tool_call_mode == "calls"))
             choices.append(Choice(i, request, StopMatcher(turn.stop), tool_parser=parser))
@@ -419,7 +420,7 @@ class ChatService:
     async def _feed(self, state: RetentionState | None, ids: list[int]
                     ) -> RetentionState | None:
         request = Request(f"refeed-{uuid.uuid4().hex}", ids, initial_state=state,
-                          prefill_only=True)
+                          prefill_only=True, admitted=True)
         stream = self.engine.generate(request)
         try:
             async for output in stream:

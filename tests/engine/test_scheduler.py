@@ -81,6 +81,9 @@ def test_full_waiting_queue_raises_overloaded(make_engine):
         engine.add_request(Request(f"r{i}", [1, 2], SamplingParams(max_tokens=2)))
     with pytest.raises(EngineOverloaded):
         engine.add_request(Request("one-too-many", [1, 2], SamplingParams(max_tokens=2)))
+    # the rest of a turn already under way (its refeed, a fork) is never refused half done
+    engine.add_request(Request("refeed", [1, 2], prefill_only=True, admitted=True))
+    assert engine.scheduler.num_waiting == 4
 
 
 def test_every_step_respects_the_token_budget_and_prompts_split_into_chunks(make_engine):
