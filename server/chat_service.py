@@ -27,6 +27,7 @@ from engine.sampling import SamplingParams
 from engine.sequence import Request
 from engine.state import RetentionState, dtype_from_name
 from engine.tokenizer import ChatTemplateError, Tokenizer
+from server.chat_turn import ChatTurn, TurnPlan
 from server.errors import APIError, bad_request, not_found, overloaded, unavailable
 from server.state_records import record_from_state, state_from_record
 from server.stop_strings import StopMatcher
@@ -56,45 +57,6 @@ class ServiceOptions:
     parent_grace: float = 120.0  # seconds a state stays after a turn extends it
     state_dtype: str = "float32"  # of stored states
     reuse_states: bool = True
-
-
-@dataclass(frozen=True)
-class ChatTurn:
-    tenant: str
-    messages: list[dict]  # role + content (strings), as the chat template takes them
-    params: SamplingParams  # with the output's grammar, if any (server/grammar.py)
-    n: int = 1
-    stop: tuple[str, ...] = ()
-    session_id: str | None = None
-    request_id: str = ""
-    tools: list[dict] | None = None  # function definitions the template renders
-    # parse tool calls from the output: "auto" (text or calls), "calls" (calls only), or None
-    tool_call_mode: str | None = None
-
-    @property
-    def key_messages(self) -> list[dict]:
-        """The messages as content keys see them: tools render with the conversation's start,
-        so they key with its first message (without tools: the messages themselves)."""
-        if not self.tools or not self.messages:
-            return self.messages
-        return [{**self.messages[0], "tools": self.tools}, *self.messages[1:]]
-
-
-@dataclass
-class TurnPlan:
-    """What a turn starts from and feeds, and where its result goes."""
-
-    turn: ChatTurn
-    tokens: TurnTokens
-    state: RetentionState | None  # the stored state it continues, or None (fed from scratch)
-    base_key: str | None = None  # a session's conversation, known only by its key
-    parent_key: str | None = None  # the stored state this turn extends
-    session: SessionInfo | None = None
-
-    @property
-    def new_messages(self) -> list[dict]:
-        """The messages the saved key chains on top of base_key (all of them without one)."""
-        return self.turn.messages if self.base_key is not None else self.turn.key_messages
 
 
 class ChatService:

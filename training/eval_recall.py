@@ -22,7 +22,8 @@ from pathlib import Path
 
 from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.sampling import SamplingParams
-from server.chat_service import ChatService, ChatTurn
+from server.chat_service import ChatService
+from server.chat_turn import ChatTurn
 from server.local_service import close_service, local_service
 from training.chat_data import recall_probes
 

@@ -26,7 +26,8 @@ import jsonschema
 
 from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.sampling import SamplingParams
-from server.chat_service import ChatService, ChatTurn
+from server.chat_service import ChatService
+from server.chat_turn import ChatTurn
 from server.local_service import close_service, local_service
 from server.protocol.tools import ToolDefinition, output_constraint
 from training.chat_data import _filler_turn

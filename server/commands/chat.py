@@ -28,7 +28,7 @@ class LocalChat:
         self.num_cached_tokens = 0  # of the last turn: tokens it did not have to feed
 
     async def reply(self, user_text: str, on_text: OnText = None) -> str:
-        from server.chat_service import ChatTurn
+        from server.chat_turn import ChatTurn
 
         messages = [*self.pending, {"role": "user", "content": user_text}]
         stream = await self.service.start_chat(ChatTurn("local", messages, self.params,

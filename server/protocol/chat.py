@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from engine.sampling import TokenLogprob
-from server.chat_service import ChatTurn
+from server.chat_turn import ChatTurn
 from server.errors import bad_request
 from server.protocol.common import Limits, OpenAIModel, SamplingFields, UsageInfo
 from server.protocol.tools import ResponseFormat, ToolChoice, ToolDefinition, output_constraint

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from server.chat_service import ChatTurn
+from server.chat_turn import ChatTurn
 from server.errors import APIError, bad_request
 from server.protocol.chat import ROLE_FOR_TEMPLATE
 from server.protocol.common import Limits, OpenAIModel, SamplingFields

@@ -15,7 +15,8 @@ import torch
 from engine.checkpoint import load_model
 from engine.sampling import SamplingParams
 from engine.sequence import Request
-from server.chat_service import ChatTurn, ServiceOptions
+from server.chat_service import ServiceOptions
+from server.chat_turn import ChatTurn
 from server.local_service import close_service, local_service
 from server.state_records import state_from_record
 from tests.server.conftest import delete_namespace, unique, user

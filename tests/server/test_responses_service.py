@@ -14,7 +14,8 @@ import torch
 from engine.checkpoint import load_model
 from engine.sampling import SamplingParams
 from engine.sequence import Request
-from server.chat_service import ChatTurn, ServiceOptions
+from server.chat_service import ServiceOptions
+from server.chat_turn import ChatTurn
 from server.errors import APIError
 from server.local_service import close_service, local_service
 from server.protocol.common import Limits

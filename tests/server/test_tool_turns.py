@@ -12,7 +12,7 @@ import torch
 from engine.checkpoint import load_model
 from engine.sampling import SamplingParams
 from engine.sequence import Request
-from server.chat_service import ChatTurn
+from server.chat_turn import ChatTurn
 from server.local_service import close_service, local_service
 from server.protocol.tools import ToolDefinition, output_constraint
 from server.state_records import state_from_record
