@@ -483,12 +483,21 @@ class AsyncEngine:
         self._streams[request_id] = stream
         self._submit(("add", seq))
         is_finished = False
+        error = None
         try:
             while True:
-                item = await stream.get()
+                item = error or await stream.get()
                 if isinstance(item, BaseException):
                     is_finished = True
                     raise item
+                # a consumer that fell behind takes what piled up as one output: per-output
+                # work (an SSE event, a socket write) then stops competing with the engine
+                while not item.finished and not stream.empty():
+                    later = stream.get_nowait()
+                    if isinstance(later, BaseException):
+                        error = later
+                        break
+                    item = item.merged(later)
                 is_finished = item.finished
                 yield item
                 if is_finished:

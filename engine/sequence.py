@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, auto
 
 from engine.sampling import SamplingParams, TokenLogprob
@@ -57,6 +57,14 @@ class RequestOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def merged(self, later: RequestOutput) -> RequestOutput:
+        """This output followed by a later one of the same request, as one."""
+        logprobs = None
+        if self.logprobs is not None or later.logprobs is not None:
+            logprobs = [*(self.logprobs or ()), *(later.logprobs or ())]
+        return replace(later, token_ids=[*self.token_ids, *later.token_ids],
+                       text=self.text + later.text, logprobs=logprobs)
 
 
 class SequenceStatus(Enum):
