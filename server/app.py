@@ -13,10 +13,12 @@ from fastapi.responses import Response
 
 from server import __version__
 from server.auth import ApiKeys
+from server.body_limit import BodyLimitMiddleware
 from server.errors import install_error_handlers
 from server.lifecycle import Lifecycle
 from server.metrics import ServerMetrics
 from server.middleware import RequestMiddleware
+from server.openapi import install_openapi
 from server.routes import chat, completions, health, models, playground, responses, sessions
 from server.runtime import Runtime
 from server.settings import Settings
@@ -58,11 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _gone(_: Request, __: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nobody reads it: the client left
 
-    app.add_middleware(RequestMiddleware, lifecycle=lifecycle, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
+                       timeout=settings.body_timeout)
+    app.add_middleware(RequestMiddleware, lifecycle=lifecycle, metrics=metrics)  # outermost
     for module in (chat, completions, responses, models, sessions, health):
         app.include_router(module.router)
     if settings.playground:
         playground.install(app)
+    install_openapi(app)
     return app
 
 

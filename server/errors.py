@@ -65,6 +65,9 @@ def error_response(error: APIError) -> JSONResponse:
 _UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|function-\w+|[a-z-]+\[.*\])$")
 
 
+_FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+
+
 def _param(loc: tuple) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")
              and not (isinstance(p, str) and _UNION_TAG.match(p))]
@@ -83,6 +86,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
         return bad_request("the request body must be a JSON object (Content-Type: "
                            "application/json)", code="invalid_body")
     if first.get("type") == "missing":
+        if param is None:  # the body itself
+            return bad_request("the request body is missing: send a JSON object "
+                               "(Content-Type: application/json)", code="invalid_body")
         return bad_request(f"missing required parameter: {param}", param, "missing_required")
     message = str(first.get("msg", "invalid value"))
     return bad_request(f"{param}: {message}" if param else message, param, "invalid_value")
@@ -99,6 +105,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _FASTAPI_PARSE_ERROR:
+            # the body's bytes are not UTF-8, or its JSON nests past the parser's depth
+            return error_response(bad_request("the body is not valid JSON: not UTF-8, or "
+                                              "nested too deeply", code="invalid_json"))
         kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code,
                                                                           "invalid_request_error")
         return error_response(APIError(exc.status_code, str(exc.detail), kind, None, None,

@@ -13,7 +13,9 @@ import uvicorn
 from fastapi import FastAPI
 from sse_starlette.sse import AppStatus
 
+from server.http_guard import GuardedHttpProtocol
 from server.lifecycle import Lifecycle
+from server.settings import Settings
 
 logger = logging.getLogger("retserve.serving")
 
@@ -49,7 +51,9 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app: FastAPI, host: str, port: int, drain_timeout: float) -> None:
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5, timeout_keep_alive=30)
-    DrainingServer(config, app.state.lifecycle, drain_timeout).run()
+def serve(app: FastAPI, settings: Settings) -> None:
+    protocol = GuardedHttpProtocol.with_limits(settings.max_header_bytes, settings.header_timeout)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            access_log=False, timeout_graceful_shutdown=5, timeout_keep_alive=30,
+                            http=protocol)
+    DrainingServer(config, app.state.lifecycle, settings.drain_timeout).run()

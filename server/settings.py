@@ -63,6 +63,15 @@ class Settings(BaseSettings):
                                 "lives after it is made")
     max_responses_per_tenant: int = Field(1000, ge=1, description="stored responses a tenant "
                                           "keeps; storing one more deletes its oldest")
+    # what one client may send (each refusal closes its connection)
+    max_request_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body "
+                                   "(413 above)")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="largest request line and "
+                                  "headers together (431 above)")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a request's headers may "
+                                  "take to arrive (408 after)")
+    body_timeout: float = Field(30.0, gt=0, description="seconds a request's body may take "
+                                "to arrive (408 after)")
     # access
     api_keys: SecretStr | None = Field(None, description="comma-separated KEY or KEY:TENANT")
     api_keys_file: Path | None = Field(None, description="file of lines KEY [TENANT]")

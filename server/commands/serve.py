@@ -65,5 +65,5 @@ def _run(args) -> int:
     from server.serving import serve
 
     configure_logging(settings.log_format, settings.log_level)
-    serve(create_app(settings), settings.host, settings.port, settings.drain_timeout)
+    serve(create_app(settings), settings)
     return 0

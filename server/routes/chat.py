@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from server.auth import tenant_hash
 from server.deps import RuntimeDep, SessionHeaderDep, TenantDep
 from server.errors import APIError
+from server.openapi import BODY_ERRORS, error_responses, streamed
 from server.protocol.chat import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -25,6 +26,8 @@ router = APIRouter(tags=["chat"])
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
+             responses={**streamed("The completion, or chat.completion.chunk events"),
+                        **error_responses(*BODY_ERRORS, 404, 409, 429, 504)},
              summary="Chat completion (OpenAI-compatible); stream: true answers with SSE")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  runtime: RuntimeDep, tenant: TenantDep,

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from server.auth import tenant_hash
 from server.deps import RuntimeDep, TenantDep
 from server.errors import APIError
+from server.openapi import BODY_ERRORS, error_responses, streamed
 from server.protocol.common import new_id, usage
 from server.protocol.completions import (
     CompletionRequest,
@@ -25,6 +26,8 @@ router = APIRouter(tags=["completions"])
 
 
 @router.post("/v1/completions", response_model=CompletionResponse,
+             responses={**streamed("The completion, or text_completion events"),
+                        **error_responses(*BODY_ERRORS, 404, 429, 504)},
              summary="Text completion (OpenAI-compatible); stream: true answers with SSE")
 async def create_completion(body: CompletionRequest, request: Request, runtime: RuntimeDep,
                             tenant: TenantDep):

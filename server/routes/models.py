@@ -6,10 +6,11 @@ from fastapi import APIRouter
 
 from server.deps import RuntimeDep, TenantDep
 from server.errors import not_found
+from server.openapi import API_ERRORS, error_responses
 from server.protocol.models import ModelCard, ModelList
 from server.runtime import Runtime
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], responses=error_responses(*API_ERRORS))
 
 
 def check_model(runtime: Runtime, name: str) -> str:
@@ -34,7 +35,8 @@ async def list_models(runtime: RuntimeDep, _: TenantDep) -> ModelList:
     return ModelList(data=[_card(runtime)])
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard,
+            responses=error_responses(404))
 async def get_model(model_id: str, runtime: RuntimeDep, _: TenantDep) -> ModelCard:
     check_model(runtime, model_id)
     return _card(runtime)

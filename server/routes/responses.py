@@ -15,7 +15,9 @@ from fastapi import APIRouter, Path, Query, Request
 from server.auth import tenant_hash
 from server.deps import RuntimeDep, TenantDep
 from server.errors import APIError, bad_request, unavailable
+from server.openapi import API_ERRORS, BODY_ERRORS, error_responses, streamed
 from server.protocol.response_objects import ResponseDraft
+from server.protocol.response_schemas import InputItemList, ResponseDeleted, ResponseObject
 from server.protocol.responses import MAX_RESPONSE_ID, ResponseRequest, response_not_found
 from server.response_events import ResponseEvents
 from server.routes.models import check_model
@@ -25,7 +27,7 @@ from server.turn_stream import TurnStream
 from state_store import RecordError, StateRecord, StateStoreError
 from state_store.responses import StoredResponse
 
-router = APIRouter(tags=["responses"])
+router = APIRouter(tags=["responses"], responses=error_responses(*API_ERRORS, 404))
 ResponseId = Annotated[str, Path(min_length=1, max_length=MAX_RESPONSE_ID)]
 
 
@@ -65,7 +67,10 @@ def _previous_not_found(response_id: str) -> APIError:
 
 
 @router.post("/v1/responses", summary="Create a model response (OpenAI's Responses API); "
-             "stream: true answers with its event sequence over SSE")
+             "stream: true answers with its event sequence over SSE",
+             responses={200: {"model": ResponseObject, **streamed("The response, or its "
+                                                                   "events")[200]},
+                        **error_responses(*BODY_ERRORS, 404, 429, 504)})
 async def create_response(body: ResponseRequest, request: Request, runtime: RuntimeDep,
                           tenant: TenantDep):
     model = check_model(runtime, body.model)
@@ -133,12 +138,14 @@ async def _events(stream: TurnStream, draft: ResponseDraft, log: dict):
         log_turn(log, stream)
 
 
-@router.get("/v1/responses/{response_id}", summary="A stored response")
+@router.get("/v1/responses/{response_id}", summary="A stored response",
+            responses={200: {"model": ResponseObject}})
 async def get_response(response_id: ResponseId, runtime: RuntimeDep, tenant: TenantDep):
     return (await _stored(runtime, tenant, response_id)).response
 
 
-@router.delete("/v1/responses/{response_id}", summary="Delete a stored response and its state")
+@router.delete("/v1/responses/{response_id}", summary="Delete a stored response and its state",
+               responses={200: {"model": ResponseDeleted}})
 async def delete_response(response_id: ResponseId, runtime: RuntimeDep, tenant: TenantDep):
     try:
         existed = await runtime.responses.delete(tenant, response_id)
@@ -150,7 +157,8 @@ async def delete_response(response_id: ResponseId, runtime: RuntimeDep, tenant: 
 
 
 @router.get("/v1/responses/{response_id}/input_items",
-            summary="The input items of a stored response, paginated")
+            summary="The input items of a stored response, paginated",
+            responses={200: {"model": InputItemList}})
 async def list_input_items(response_id: ResponseId, runtime: RuntimeDep, tenant: TenantDep,
                            after: Annotated[str | None, Query(max_length=256)] = None,
                            limit: Annotated[int, Query(ge=1, le=100)] = 20,

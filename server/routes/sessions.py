@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Path
 
 from server.deps import RuntimeDep, TenantDep
 from server.errors import APIError, not_found, unavailable
+from server.openapi import API_ERRORS, BODY_ERRORS, error_responses
 from server.protocol.sessions import (
     ForkRequest,
     SessionDeleted,
@@ -17,7 +18,7 @@ from server.protocol.sessions import (
 )
 from state_store import ConflictError, RecordError, StateStoreError
 
-router = APIRouter(tags=["sessions"])
+router = APIRouter(tags=["sessions"], responses=error_responses(*API_ERRORS, 404))
 SessionId = Annotated[str, Path(min_length=1, max_length=256)]
 
 
@@ -53,7 +54,8 @@ async def delete_session(session_id: SessionId, runtime: RuntimeDep, tenant: Ten
     return SessionDeleted(id=session_id)
 
 
-@router.post("/v1/sessions/{session_id}/fork", response_model=SessionObject)
+@router.post("/v1/sessions/{session_id}/fork", response_model=SessionObject,
+             responses=error_responses(*BODY_ERRORS, 409))
 async def fork_session(session_id: SessionId, runtime: RuntimeDep, tenant: TenantDep,
                        body: Annotated[ForkRequest | None, Body()] = None):
     new_id = (body.session_id if body is not None else None) or f"sess-{uuid.uuid4().hex}"
