@@ -192,7 +192,13 @@ class ChatService:
         self._check_prompt_length(len(tokens.ids))
         cached = 0 if state is None else int(state.num_tokens[0])
         self.metrics.prefix_lookup(cached + len(tokens.ids), cached)
-        return TurnPlan(turn, tokens, state, base_key, parent_key, session)
+        if conv is None:
+            messages_key = None
+        elif base_key is None:
+            messages_key = keys[-1] if keys else None
+        else:  # a session's new messages chain on its conversation
+            messages_key = conv.content_keys(turn.tenant, messages, base_key)[-1]
+        return TurnPlan(turn, tokens, state, base_key, parent_key, session, messages_key)
 
     async def _encode(self, fn, *args, **kwargs) -> TurnTokens | None:
         try:
@@ -315,13 +321,13 @@ class ChatService:
         for choice in stream.choices:
             reply = choice.reply_message()
             state = await self._exact_state(plan, choice, reply)
-            if state is None:
+            if state is None or plan.messages_key is None:
                 keys.append(None)
                 continue
             record = await asyncio.to_thread(record_from_state, state, self.model_fingerprint,
                                              self._state_dtype)
             keys.append(await self._guard("save", conv.save(
-                turn.tenant, [*plan.new_messages, reply], record, base_key=plan.base_key)))
+                turn.tenant, [reply], record, base_key=plan.messages_key)))
             if choice.index == 0:
                 first_record = record
         if turn.session_id is not None:

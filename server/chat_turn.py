@@ -42,8 +42,5 @@ class TurnPlan:
     base_key: str | None = None  # a session's conversation, known only by its key
     parent_key: str | None = None  # the stored state this turn extends
     session: SessionInfo | None = None
-
-    @property
-    def new_messages(self) -> list[dict]:
-        """The messages the saved key chains on top of base_key (all of them without one)."""
-        return self.turn.messages if self.base_key is not None else self.turn.key_messages
+    # content key of the conversation through turn.messages: the reply's key chains on it
+    messages_key: str | None = None

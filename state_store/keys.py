@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 DEFAULT_NAMESPACE = "rs"
+_json_string = json.encoder.encode_basestring  # a JSON string as ensure_ascii=False writes it
 _CONTENT_KEY_RE = re.compile(r"[0-9a-f]{32}")
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -65,6 +66,12 @@ def session_key(namespace: str, tenant: str, session_id: str) -> str:
 def canonical_message(message: Mapping) -> bytes:
     """One message as canonical JSON: sorted keys, no whitespace, null-valued fields dropped
     (clients differ on `"name": null` vs no name; the template sees the same thing)."""
+    if len(message) == 2 and type(message.get("content")) is str \
+            and type(message.get("role")) is str:
+        # the common message, spelt out: the same bytes as below at a fraction of the cost
+        # (a client resending a long history hashes every message of it each turn)
+        return (f'{{"content":{_json_string(message["content"])},'
+                f'"role":{_json_string(message["role"])}}}').encode()
     fields = {k: v for k, v in message.items() if v is not None}
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
