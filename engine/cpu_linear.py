@@ -10,6 +10,12 @@ offset, with 1 or 2 threads (checked for all of the served model's shapes, M up 
 single fp32 row takes another kernel with other rounding; `PackedLinear` therefore computes a
 lone fp32 row as two. With that, a row's numbers never depend on the rest of the batch, for any
 decode bucket sizes (MKL sgemm needs multiples of 4).
+
+Memory: oneDNN builds (JIT) and caches a primitive per input shape, ~0.5 MB each, up to 1,024 of
+them: fed every prompt length a chat brings, a server's memory grew by hundreds of MB. Rows are
+therefore run in blocks of at most `ROW_BLOCK`, each padded up to one of a few sizes
+(`row_bucket`): a linear sees at most 18 shapes whatever the traffic, and thanks to the batch
+invariance above the padding changes no number.
 """
 
 from __future__ import annotations
@@ -22,6 +28,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _DTYPES = (torch.float32, torch.bfloat16)
+ROW_BLOCK = 256  # full speed already (~220 GFLOP/s on one core for the served shapes)
+
+
+def row_bucket(num_rows: int) -> int:
+    """Rows a block of `num_rows` (1..ROW_BLOCK) is padded to: 2 (oneDNN's one-row kernel
+    rounds differently), powers of 2 to 16 (where time hardly depends on rows), then steps of
+    8, 16, 32: under 8 padding rows or a quarter, once the work grows with the rows."""
+    if num_rows <= 16:
+        return max(2, 1 << (num_rows - 1).bit_length())
+    step = 8 if num_rows <= 64 else 16 if num_rows <= 128 else 32
+    return -(-num_rows // step) * step
 
 
 def _linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
@@ -40,20 +57,28 @@ class PackedLinear(nn.Module):
         self.dtype = weight.dtype
         self.packed = weight.detach().contiguous().to_mkldnn()
         self.bias = None if bias is None else bias.detach().clone()
-        # bf16 gives the same single-row numbers as in a batch (checked); fp32 does not
-        self._pad_single_row = weight.dtype == torch.float32
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> PackedLinear:
         return cls(linear.weight, linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._pad_single_row and x.numel() == self.in_features:
-            # oneDNN's one-row kernel rounds differently from its many-row one: computing the
-            # row twice keeps a lone decode row bitwise equal to the same row in a batch
-            flat = x.reshape(1, self.in_features).expand(2, self.in_features).contiguous()
-            return _linear(flat, self.packed, self.bias)[:1].reshape(*x.shape[:-1], -1)
-        return _linear(x, self.packed, self.bias)
+        num_rows = x.numel() // self.in_features
+        flat = x.reshape(num_rows, self.in_features)
+        if num_rows <= ROW_BLOCK:
+            out = self._block(flat)
+        else:
+            out = torch.cat([self._block(flat[i : i + ROW_BLOCK])
+                             for i in range(0, num_rows, ROW_BLOCK)])
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _block(self, x: Tensor) -> Tensor:  # x: [M <= ROW_BLOCK, in] -> [M, out]
+        num_rows = x.shape[0]
+        size = row_bucket(num_rows) if num_rows else 0
+        if size != num_rows:
+            x = torch.cat([x, x.new_zeros(size - num_rows, self.in_features)])
+        out = _linear(x, self.packed, self.bias)
+        return out if size == num_rows else out[:num_rows]
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

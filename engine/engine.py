@@ -8,7 +8,6 @@ the pool's rows -> sampling -> outputs.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import itertools
 import logging
 import queue
@@ -34,21 +33,6 @@ from engine.state import RetentionState, state_shapes
 from engine.state_pool import StatePool
 
 logger = logging.getLogger(__name__)
-
-
-_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # mallopt parameters (malloc.h)
-
-
-def tune_cpu_malloc(top_pad: int = 512 << 20, mmap_threshold: int = 32 << 20) -> bool:
-    """glibc only: serve the decode step's large temporaries from a heap that keeps 512 MiB of
-    slack instead of fresh mmap'd (page-faulting, zero-filled) memory on every step; measured
-    2-3x faster CPU steps at 16-256 sessions. Process-wide; False where it does not apply."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
-                    and libc.mallopt(_M_TOP_PAD, top_pad))
-    except (OSError, AttributeError):
-        return False
 
 
 class ModelRunner:
@@ -138,8 +122,6 @@ class LLMEngine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         device, dtype = config.torch_device, config.torch_dtype
-        if device.type == "cpu" and config.tune_cpu_malloc:
-            tune_cpu_malloc()
         if model.device != device or model.dtype != dtype:
             model = model.to(device=device, dtype=dtype)
         self.model = model.eval().requires_grad_(False)

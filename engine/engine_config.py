@@ -26,7 +26,6 @@ class EngineConfig:
     decode_buckets: tuple[int, ...] | None = None
     gpu_memory_utilization: float = 0.9  # share of free device memory the pool may take
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
-    tune_cpu_malloc: bool = True  # CPU: keep freed memory for the next step (glibc mallopt)
     cpu_packed_linear: bool = True  # CPU: oneDNN prepacked linears, ~2x MKL sgemm at batch >= 8
     max_logprobs: int = 20
     # How tokens a grammar forces (engine/constraints.py) reach the state: "prefill" feeds them

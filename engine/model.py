@@ -76,14 +76,22 @@ class ShortConv(nn.Module):
         self.activation = activation
 
     def forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        """x: [B, T, C]; state: [B, C, K-1] or None (zeros) -> y [B, T, C], new state."""
-        width = self.weight.shape[-1] - 1
-        x = x.transpose(1, 2)
+        """x: [B, T, C]; state: [B, C, K-1] or None (zeros) -> y [B, T, C], new state.
+
+        A multiply-add per tap over the window, not F.conv1d: oneDNN would build and cache a
+        convolution per length T (a server's memory grows with every new prompt length), and
+        a one-token step is four fused multiply-adds."""
+        kernel = self.weight.shape[-1]
+        t = x.shape[1]
         if state is None:
-            state = x.new_zeros(x.shape[0], x.shape[1], width)
-        window = torch.cat([state.to(x.dtype), x], dim=2)  # [B, C, K-1+T]
-        y = F.conv1d(window, self.weight.to(x.dtype), groups=x.shape[1]).transpose(1, 2)
-        return (F.silu(y) if self.activation == "silu" else y), window[:, :, -width:]
+            state = x.new_zeros(x.shape[0], x.shape[2], kernel - 1)
+        window = torch.cat([state.transpose(1, 2).to(x.dtype), x], dim=1)  # [B, K-1+T, C]
+        taps = self.weight[:, 0].t().to(x.dtype)  # [K, C]
+        y = window[:, :t] * taps[0]
+        for j in range(1, kernel):
+            y = torch.addcmul(y, window[:, j : j + t], taps[j])
+        y = F.silu(y) if self.activation == "silu" else y
+        return y, window[:, -(kernel - 1):].transpose(1, 2)
 
 
 class MultiScaleRetention(nn.Module):

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from server.malloc_tuning import tune_malloc
+
 # subcommand -> module defining `register(subparsers)`; imported lazily so `--help` stays fast
 COMMANDS = {
     "serve": "server.commands.serve",
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_malloc()  # before torch starts any thread
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 
-BENCHMARKS = ("forms", "decode", "store", "state_dtype", "turns", "constraints", "agents")
+BENCHMARKS = ("forms", "decode", "engine_memory", "store", "state_dtype", "turns", "constraints",
+              "agents")
 
 
 def register(sub) -> None:

@@ -8,8 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.common import malloc_stats
 from engine.config import ModelConfig
-from engine.cpu_linear import PackedLinear, can_pack, pack_linears, packed_copy
+from engine.cpu_linear import (
+    ROW_BLOCK,
+    PackedLinear,
+    can_pack,
+    pack_linears,
+    packed_copy,
+    row_bucket,
+)
 from engine.model import RetNet
 from engine.sampling import SamplingParams
 from engine.sequence import Request
@@ -141,3 +149,37 @@ def test_packed_engine_is_batch_invariant_with_a_bucket_for_every_size(make_engi
         assert tokens(together[request.request_id]) == tokens(alone[request.request_id])
         assert all(torch.equal(a, b) for a, b in zip(
             batched[request.request_id], logits_of[request.request_id], strict=True))
+
+
+def test_rows_past_a_block_match_each_row_alone():
+    torch.manual_seed(0)
+    linear = PackedLinear(torch.randn(96, 64))
+    x = torch.randn(ROW_BLOCK * 2 + 37, 64)
+    full = linear(x)
+    assert full.shape == (x.shape[0], 96)
+    for i in (0, ROW_BLOCK - 1, ROW_BLOCK, ROW_BLOCK + 5, x.shape[0] - 1):
+        assert torch.equal(full[i], linear(x[i]))
+
+
+def test_row_buckets_are_few_and_cover_every_count():
+    buckets = {row_bucket(m) for m in range(1, ROW_BLOCK + 1)}
+    assert len(buckets) <= 18 and max(buckets) == ROW_BLOCK
+    for m in range(1, ROW_BLOCK + 1):
+        assert m <= row_bucket(m) and (m <= 16 or row_bucket(m) - m < max(8, m / 4))
+
+
+@pytest.mark.skipif(not malloc_stats(), reason="glibc's mallinfo2 is needed to read the heap")
+def test_any_number_of_rows_costs_no_memory_once_the_buckets_are_seen():
+    """oneDNN caches a JIT-built primitive (~0.5 MB) per shape: unbucketed, 600 row counts
+    would keep ~300 MB."""
+    torch.manual_seed(0)
+    linear = PackedLinear(torch.randn(96, 64))
+    x = torch.randn(1000, 64)
+    with torch.inference_mode():
+        for m in sorted({row_bucket(m) for m in range(1, ROW_BLOCK + 1)}):
+            linear(x[:m])
+        before = malloc_stats()["heap_in_use_bytes"]
+        for m in range(1, 1000, 3):
+            linear(x[:m])
+        grown = malloc_stats()["heap_in_use_bytes"] - before
+    assert grown < 4 << 20, grown
