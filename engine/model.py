@@ -7,6 +7,7 @@ al., 2023). Shapes: B batch, T tokens, D hidden, H heads, Dk/Dv per-head key/val
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,8 @@ from torch import Tensor, nn
 
 from engine import retention
 from engine.config import ModelConfig
-from engine.rotary import inv_frequencies, rotate
+from engine.fused_linear import fused_linear
+from engine.rotary import inv_frequencies, rotate, rotation
 from engine.state import RetentionState
 
 
@@ -32,10 +34,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.to(_acc_dtype(x.dtype))
-        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            out = out * self.weight.to(out.dtype)
-        return out
+        weight = None if self.weight is None else self.weight.to(xf.dtype)
+        return F.rms_norm(xf, (xf.shape[-1],), weight, self.eps)
 
 
 class HeadNorm(nn.Module):
@@ -76,22 +76,32 @@ class ShortConv(nn.Module):
         self.activation = activation
 
     def forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        """x: [B, T, C]; state: [B, C, K-1] or None (zeros) -> y [B, T, C], new state.
+        """x: [B, T, C]; state: [B, K-1, C] or None (zeros) -> y [B, T, C], new state.
 
         A multiply-add per tap over the window, not F.conv1d: oneDNN would build and cache a
         convolution per length T (a server's memory grows with every new prompt length), and
-        a one-token step is four fused multiply-adds."""
+        a one-token step is four fused multiply-adds over [B, C]."""
         kernel = self.weight.shape[-1]
         t = x.shape[1]
         if state is None:
-            state = x.new_zeros(x.shape[0], x.shape[2], kernel - 1)
-        window = torch.cat([state.transpose(1, 2).to(x.dtype), x], dim=1)  # [B, K-1+T, C]
-        taps = self.weight[:, 0].t().to(x.dtype)  # [K, C]
+            state = x.new_zeros(x.shape[0], kernel - 1, x.shape[2])
+        window = torch.cat([state.to(x.dtype), x], dim=1)  # [B, K-1+T, C]
+        taps = self.weight[:, 0].t().to(x.dtype).contiguous()  # [K, C]
         y = window[:, :t] * taps[0]
         for j in range(1, kernel):
             y = torch.addcmul(y, window[:, j : j + t], taps[j])
-        y = F.silu(y) if self.activation == "silu" else y
-        return y, window[:, -(kernel - 1):].transpose(1, 2)
+        return (F.silu(y) if self.activation == "silu" else y), window[:, t:]
+
+
+@dataclass
+class Positions:
+    """What every layer of one call shares: the rows' positions and the tables built from
+    them (once per call, not per layer)."""
+
+    start: Tensor  # [B] position of the call's first token per row
+    rot: Tensor  # [B, T, 2, 1, Dk/2] complex: q's rotation, then k's (with k's 1/sqrt(Dk))
+    decay: Tensor | None = None  # recurrent form: [B, H] (retention.recurrent_coefficients)
+    inject: Tensor | None = None
 
 
 class MultiScaleRetention(nn.Module):
@@ -99,60 +109,55 @@ class MultiScaleRetention(nn.Module):
         super().__init__()
         self.config = config
         d = config.hidden_size
-        self.q_proj = nn.Linear(d, config.qk_dim, bias=False)
-        self.k_proj = nn.Linear(d, config.qk_dim, bias=False)
-        self.v_proj = nn.Linear(d, config.v_dim, bias=False)
-        self.g_proj = nn.Linear(d, config.v_dim, bias=False)
+        self.qkvg_proj = fused_linear(self, "qkvg_proj", d, {
+            "q_proj": config.qk_dim, "k_proj": config.qk_dim, "v_proj": config.v_dim,
+            "g_proj": config.v_dim})
         self.o_proj = nn.Linear(config.v_dim, d, bias=False)
         self.head_norm = HeadNorm(config)
         self.qkv_conv = ShortConv(config.conv_channels, config.short_conv,
                                   config.short_conv_activation) if config.short_conv else None
 
-    def _qkv(self, x: Tensor, positions: Tensor, conv: Tensor | None
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """x: [B, T, D] -> q, k: [B, H, T, Dk], v: [B, H, T, Dv] in the accumulation dtype,
-        and the short convolution's new state (None without one)."""
+    def _qkvg(self, x: Tensor, pos: Positions, conv: Tensor | None
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """x: [B, T, D] -> q, k: [B, H, T, Dk], v: [B, H, T, Dv] in the accumulation dtype, the
+        gate g [B, T, Dv], and the short convolution's new state (None without one)."""
         c = self.config
-        acc = _acc_dtype(x.dtype)
         b, t, _ = x.shape
-        freq = inv_frequencies(c.head_qk_dim, c.rotary, c.rope_theta, x.device, acc)
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        qkv, g = self.qkvg_proj(x).split([2 * c.qk_dim + c.v_dim, c.v_dim], dim=-1)
         if self.qkv_conv is not None:
-            mixed, conv = self.qkv_conv(torch.cat([q, k, v], dim=-1), conv)
-            q, k, v = mixed.split([c.qk_dim, c.qk_dim, c.v_dim], dim=-1)
-        q = q.reshape(b, t, c.num_heads, c.head_qk_dim)
-        k = k.reshape(b, t, c.num_heads, c.head_qk_dim) * c.head_qk_dim**-0.5
-        q, k = rotate(q, positions, freq, c.rotary), rotate(k, positions, freq, c.rotary)
-        v = v.reshape(b, t, c.num_heads, c.head_v_dim).to(acc)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), conv
+            qkv, conv = self.qkv_conv(qkv, conv)
+        qk = rotate(qkv[..., : 2 * c.qk_dim].unflatten(-1, (2, c.num_heads, c.head_qk_dim)),
+                    pos.rot, c.rotary)  # [B, T, 2, H, Dk]
+        q, k = qk.permute(2, 0, 3, 1, 4)  # [B, H, T, Dk] each
+        v = qkv[..., 2 * c.qk_dim :].unflatten(-1, (c.num_heads, c.head_v_dim))
+        return q, k, v.to(qk.dtype).transpose(1, 2), g, conv
 
-    def _output(self, x: Tensor, o: Tensor) -> Tensor:
+    def _output(self, x: Tensor, o: Tensor, g: Tensor) -> Tensor:
         """o: [B, H, T, Dv] -> swish(g) * norm(o) -> o_proj: [B, T, D]."""
         normed = self.head_norm(o.transpose(1, 2)).to(x.dtype)
-        return self.o_proj(F.silu(self.g_proj(x)) * normed)
+        return self.o_proj(F.silu(g) * normed)
 
-    def forward(self, x: Tensor, state: Tensor | None, start: Tensor, mode: str,
-                conv: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """x: [B, T, D]; state: [B, H, Dk, Dv] or None; start: [B] position of x[:, 0];
-        conv: [B, C, K-1] or None -> output, new state, new conv state."""
+    def forward(self, x: Tensor, state: Tensor | None, pos: Positions, mode: str,
+                conv: Tensor | None = None, log_gamma: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """x: [B, T, D]; state: [B, H, Dk, Dv] or None; conv: [B, K-1, C] or None -> output,
+        new state, new conv state."""
         c = self.config
-        positions = start[:, None] + torch.arange(x.shape[1], device=x.device)[None, :]
-        q, k, v, conv = self._qkv(x, positions, conv)
-        log_gamma = retention.log_decay(c.num_heads, x.device, q.dtype)
+        q, k, v, g, conv = self._qkvg(x, pos, conv)
         if mode == "parallel":
             o = retention.parallel_retention(q, k, v, log_gamma, c.state_norm)
-            return self._output(x, o), None, conv
+            return self._output(x, o, g), None, conv
         if state is None:
             state = q.new_zeros(x.shape[0], c.num_heads, c.head_qk_dim, c.head_v_dim)
         state = state.to(q.dtype)
         if mode == "chunkwise":
-            o, state = retention.chunkwise_retention(q, k, v, state, start, log_gamma,
+            o, state = retention.chunkwise_retention(q, k, v, state, pos.start, log_gamma,
                                                      c.state_norm, c.chunk_size)
         else:  # recurrent: one token per row
             o, state = retention.recurrent_retention(q[:, :, 0], k[:, :, 0], v[:, :, 0], state,
-                                                     start, log_gamma, c.state_norm)
+                                                     pos.decay, pos.inject)
             o = o.unsqueeze(2)
-        return self._output(x, o), state, conv
+        return self._output(x, o, g), state, conv
 
 
 class FeedForward(nn.Module):
@@ -160,13 +165,14 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.ffn_dim, bias=False)
+        self.gate_up_proj = fused_linear(self, "gate_up_proj", config.hidden_size, {
+            "gate_proj": config.ffn_dim, "up_proj": config.ffn_dim})
         self.down_proj = nn.Linear(config.ffn_dim, config.hidden_size, bias=False)
         self.act = F.silu if config.ffn_activation == "swish" else F.gelu
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.act(gate) * up)
 
 
 class RetNetBlock(nn.Module):
@@ -177,9 +183,11 @@ class RetNetBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.ffn = FeedForward(config)
 
-    def forward(self, x: Tensor, state: Tensor | None, start: Tensor, mode: str,
-                conv: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        h, state, conv = self.attn(self.attn_norm(x).to(x.dtype), state, start, mode, conv)
+    def forward(self, x: Tensor, state: Tensor | None, pos: Positions, mode: str,
+                conv: Tensor | None = None, log_gamma: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        h, state, conv = self.attn(self.attn_norm(x).to(x.dtype), state, pos, mode, conv,
+                                   log_gamma)
         x = x + h
         return x + self.ffn(self.ffn_norm(x).to(x.dtype)), state, conv
 
@@ -195,6 +203,35 @@ class RetNet(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.lm_head = None if config.tie_embeddings else \
             nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._tables: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def _apply(self, fn, recurse=True):
+        self._tables = None  # rebuilt for the new device and dtype on first use
+        return super()._apply(fn, recurse)
+
+    @property
+    def tables(self) -> tuple[Tensor, Tensor, Tensor]:
+        """log gamma [H], rotary frequencies [Dk/2] and the q/k scales [2], in the accumulation
+        dtype: fixed by the config, built once. Not buffers: `.to(bfloat16)` would round the
+        decays, where 1 - 2**-10 is already 1."""
+        if self._tables is None:
+            c, device, acc = self.config, self.device, _acc_dtype(self.dtype)
+            self._tables = (retention.log_decay(c.num_heads, device, acc),
+                            inv_frequencies(c.head_qk_dim, c.rotary, c.rope_theta, device, acc),
+                            torch.tensor([1.0, c.head_qk_dim**-0.5], device=device, dtype=acc))
+        return self._tables
+
+    def positions(self, start: Tensor, num_tokens: int, mode: str) -> Positions:
+        """Rows starting at start [B], num_tokens each: the tables every layer shares."""
+        c = self.config
+        log_gamma, freq, scales = self.tables
+        pos = start[:, None]
+        if num_tokens > 1:
+            pos = pos + torch.arange(num_tokens, device=start.device)[None, :]
+        decay = inject = None
+        if mode == "recurrent":
+            decay, inject = retention.recurrent_coefficients(start, log_gamma, c.state_norm)
+        return Positions(start, rotation(pos, freq, scales), decay, inject)
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -235,10 +272,12 @@ class RetNet(nn.Module):
              return_logits: bool = True, conv: Tensor | None = None
              ) -> tuple[Tensor | None, list[Tensor | None], list[Tensor | None]]:
         x = self._embed(input_ids)
+        pos = self.positions(start, input_ids.shape[1], mode)
+        log_gamma = self.tables[0]
         states, convs = [], []
         for i, layer in enumerate(self.layers):
-            x, s, cs = layer(x, None if kv is None else kv[i], start, mode,
-                             None if conv is None else conv[i])
+            x, s, cs = layer(x, None if kv is None else kv[i], pos, mode,
+                             None if conv is None else conv[i], log_gamma)
             states.append(s)
             convs.append(cs)
         return (self._logits(x) if return_logits else None), states, convs
@@ -269,7 +308,7 @@ class RetNet(nn.Module):
 
     def decode_step(self, input_ids: Tensor, kv: Tensor, positions: Tensor,
                     conv: Tensor | None = None) -> Tensor:
-        """The batched decode kernel: updates kv [L, B, H, Dk, Dv], conv [L, B, C, K-1] (models
+        """The batched decode kernel: updates kv [L, B, H, Dk, Dv], conv [L, B, K-1, C] (models
         with a short convolution) and positions [B] in place."""
         if (conv is None) != (not self.config.short_conv):
             raise ValueError("decode_step: pass the conv state exactly when the model has a "

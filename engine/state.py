@@ -27,7 +27,8 @@ def dtype_from_name(name: str) -> torch.dtype:
 class RetentionState:
     kv: Tensor  # [L, B, H, Dk, Dv], normalised state S_n (see retention.py)
     num_tokens: Tensor  # [B] int64: tokens folded in so far; the next position per row
-    # [L, B, C, K-1]: the short convolution's last inputs (models with short_conv), else None
+    # [L, B, K-1, C]: the short convolution's last inputs (models with short_conv), else None.
+    # Records hold it as [C, K-1] per layer (`to_bytes`): the layout it had first.
     conv: Tensor | None = None
 
     @classmethod
@@ -79,18 +80,18 @@ class RetentionState:
         """Name and shape of each tensor in `to_bytes` (one row), for the store's header."""
         spec = [(f"layers.{i}.kv", tuple(self.kv.shape[2:])) for i in range(self.kv.shape[0])]
         if self.conv is not None:
-            spec += [(f"layers.{i}.conv", tuple(self.conv.shape[2:]))
+            spec += [(f"layers.{i}.conv", tuple(self.conv.shape[:1:-1]))
                      for i in range(self.conv.shape[0])]
         return spec
 
     def to_bytes(self, dtype: torch.dtype | None = None) -> bytes:
-        """Raw bytes of a single-row state (kv, then conv; layer-major, C order), optionally
+        """Raw bytes of a single-row state (kv, then conv as [L, C, K-1]; C order), optionally
         cast (fp16/bf16)."""
         if self.batch_size != 1:
             raise ValueError("to_bytes takes a single-row state; use split() first")
-        return b"".join(
-            t[:, 0].to(device="cpu", dtype=dtype or t.dtype).contiguous()
-            .view(torch.uint8).numpy().tobytes() for t in self.tensors)
+        rows = [self.kv[:, 0]] + ([] if self.conv is None else [self.conv[:, 0].transpose(1, 2)])
+        return b"".join(t.to(device="cpu", dtype=dtype or t.dtype).contiguous()
+                        .view(torch.uint8).numpy().tobytes() for t in rows)
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, config: ModelConfig, num_tokens: int,
@@ -104,20 +105,22 @@ class RetentionState:
 
 def state_shapes(config: ModelConfig, batch_size: int = 1
                  ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """Shapes of the kv [L, B, H, Dk, Dv] and conv [L, B, C, K-1] tensors of `batch_size` rows
+    """Shapes of the kv [L, B, H, Dk, Dv] and conv [L, B, K-1, C] tensors of `batch_size` rows
     (conv None without short_conv)."""
     kv = (config.num_layers, batch_size, config.num_heads, config.head_qk_dim, config.head_v_dim)
-    conv = (config.num_layers, batch_size, config.conv_channels, config.conv_state_width)
+    conv = (config.num_layers, batch_size, config.conv_state_width, config.conv_channels)
     return kv, conv if config.short_conv else None
 
 
 def unpack_row(data: bytes | memoryview, config: ModelConfig, dtype: torch.dtype
                ) -> tuple[Tensor, Tensor | None]:
-    """`to_bytes` output -> (kv [L, 1, H, Dk, Dv], conv [L, 1, C, K-1] or None), on the CPU."""
+    """`to_bytes` output -> (kv [L, 1, H, Dk, Dv], conv [L, 1, K-1, C] or None), on the CPU."""
     expected = config.state_numel * torch.finfo(dtype).bits // 8
     if len(data) != expected:
         raise ValueError(f"state bytes: expected {expected}, got {len(data)}")
     flat = torch.frombuffer(bytearray(data), dtype=dtype)
     kv_shape, conv_shape = state_shapes(config)
     kv = flat[: config.kv_numel].view(kv_shape)
-    return kv, None if conv_shape is None else flat[config.kv_numel :].view(conv_shape)
+    if conv_shape is None:
+        return kv, None
+    return kv, flat[config.kv_numel :].view(conv_shape[:2] + conv_shape[:1:-1]).transpose(2, 3)

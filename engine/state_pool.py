@@ -31,7 +31,7 @@ class StatePool:
         # plain tensors (not inference tensors): callers may update views outside inference mode
         buffers = RetentionState.empty(config, self.num_rows, device, dtype)
         self.kv = buffers.kv  # [L, R, H, Dk, Dv]
-        self.conv = buffers.conv  # [L, R, C, K-1] for models with a short convolution, else None
+        self.conv = buffers.conv  # [L, R, K-1, C] for models with a short convolution, else None
         self.num_tokens = buffers.num_tokens  # [R]
         self._tensors = buffers.tensors  # the per-row tensors: kv (and conv)
         self.free_slots: deque[int] = deque(range(num_slots))

@@ -26,7 +26,7 @@ from tests.engine.conftest import TINY_ENGINE_MODEL
 pytestmark = pytest.mark.skipif(not can_pack("cpu", torch.float32),
                                 reason="oneDNN linear not available in this torch build")
 
-LINEARS_PER_LAYER = 8  # q k v g o, gate up down
+LINEARS_PER_LAYER = 4  # qkvg o, gate_up down
 
 
 def prompt(seed: int, length: int) -> list[int]:
@@ -83,7 +83,7 @@ def test_pack_linears_counts_and_packs_the_tied_head():
 def test_packed_copy_leaves_the_model_alone_and_shares_other_weights(tiny_model):
     packed, count = packed_copy(tiny_model)
     assert count == tiny_model.config.num_layers * LINEARS_PER_LAYER + 1
-    assert isinstance(tiny_model.layers[0].attn.q_proj, nn.Linear)
+    assert isinstance(tiny_model.layers[0].attn.qkvg_proj, nn.Linear)
     assert isinstance(tiny_model.lm_head, nn.Linear)
     assert packed.embed_tokens.weight is tiny_model.embed_tokens.weight
     assert packed.layers[1].ffn_norm.weight is tiny_model.layers[1].ffn_norm.weight

@@ -147,6 +147,19 @@ def test_state_bytes_round_trip(store_dtype, variant):
         RetentionState.from_bytes(data[:-2], model.config, 40, dtype=store_dtype)
 
 
+def test_records_keep_the_conv_state_as_channels_by_taps():
+    """States already stored hold each layer's conv state as [C, K-1]: the bytes and the
+    header's shapes keep that layout whatever the layout in memory."""
+    model = make_model("fla_conv", torch.float32)
+    c = model.config
+    with torch.no_grad():
+        _, state = model.prefill(torch.randint(0, 101, (1, 40)))
+    conv = torch.frombuffer(bytearray(state.to_bytes()), dtype=torch.float32)[c.kv_numel :]
+    assert torch.equal(conv, state.conv[:, 0].transpose(1, 2).reshape(-1))
+    assert state.tensor_spec()[-1] == (f"layers.{c.num_layers - 1}.conv",
+                                       (c.conv_channels, c.short_conv - 1))
+
+
 @pytest.mark.parametrize("variant", ["fla", "fla_conv"])
 def test_split_and_stack_are_inverse(variant):
     model = make_model(variant, torch.float32)

@@ -50,7 +50,7 @@ def greedy_reference(model: RetNet, ids: list[int], n: int) -> list[int]:
 
 def test_pool_holds_the_conv_state(engine, conv_model):
     c = conv_model.config
-    assert engine.pool.conv.shape == (c.num_layers, engine.pool.num_rows, c.conv_channels, 3)
+    assert engine.pool.conv.shape == (c.num_layers, engine.pool.num_rows, 3, c.conv_channels)
     assert engine.pool.nbytes == engine.pool.num_rows * (c.state_numel * 4 + 8)
 
 

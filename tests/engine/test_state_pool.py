@@ -21,7 +21,7 @@ def random_state(seed: int, num_tokens: int = 5, config: ModelConfig = CONFIG
                  ) -> RetentionState:
     g = torch.Generator().manual_seed(seed)
     kv = torch.randn(2, 1, 2, 32, 64, generator=g)
-    conv = torch.randn(2, 1, config.conv_channels, 3, generator=g) if config.short_conv else None
+    conv = torch.randn(2, 1, 3, config.conv_channels, generator=g) if config.short_conv else None
     return RetentionState(kv, torch.tensor([num_tokens]), conv)
 
 
