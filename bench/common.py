@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-import statistics
+import math
 import time
 from collections.abc import Callable
 
@@ -13,9 +13,10 @@ from engine.checkpoint import DEFAULT_MODEL_DIR, load_model
 from engine.config import ModelConfig
 from engine.model import RetNet
 
-# the shipped model's shape, used with random weights when no checkpoint is around
-DEFAULT_SHAPE = ModelConfig(vocab_size=4096, hidden_size=256, num_layers=4, num_heads=4,
-                            qk_dim=256, v_dim=512, ffn_dim=768)
+# the shipped model's shape (models/retnet-tiny-chat), used with random weights without it
+DEFAULT_SHAPE = ModelConfig(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=8,
+                            qk_dim=256, v_dim=512, ffn_dim=768, tie_embeddings=True,
+                            short_conv=4, short_conv_activation="none")
 
 
 def bench_model(config: ModelConfig | None = None, device="cpu",
@@ -49,9 +50,9 @@ def time_call(fn: Callable[[], object], repeats: int, device="cpu", warmup: int 
 
 
 def percentile(values: list[float], q: float) -> float:
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+    """Nearest-rank percentile, q in (0, 100]: a value that was measured."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def rss_bytes() -> int:

@@ -22,7 +22,7 @@ import time
 
 import llguidance
 
-from bench.common import bench_model
+from bench.common import bench_model, percentile
 from engine.engine import LLMEngine
 from engine.engine_config import EngineConfig
 from engine.sampling import SamplingParams
@@ -49,11 +49,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--num-threads", type=int, default=None)
     p.add_argument("--device", default=None)
     return p.parse_args(argv)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def requests(tok: Tokenizer, num: int, num_constrained: int, max_tokens: int,
@@ -120,10 +115,10 @@ def run(argv: list[str]) -> dict:
             "structured_tokens": sum(n for _, n in structured),
             "forced_tokens": after.num_forced_tokens - before.num_forced_tokens,
             "structured_done_s_p50": statistics.median(t for t, _ in structured),
-            "mask_us_per_token_p50": percentile(masks_us, 0.5),
-            "mask_us_per_token_p99": percentile(masks_us, 0.99),
-            "wait_and_apply_us_per_step_p50": percentile(apply_us, 0.5),
-            "wait_and_apply_us_per_step_p99": percentile(apply_us, 0.99),
+            "mask_us_per_token_p50": percentile(masks_us, 50),
+            "mask_us_per_token_p99": percentile(masks_us, 99),
+            "wait_and_apply_us_per_step_p50": percentile(apply_us, 50),
+            "wait_and_apply_us_per_step_p99": percentile(apply_us, 99),
         }
         constraints.close()
     prefill, decode = result["forced_prefill"], result["forced_decode"]

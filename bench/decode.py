@@ -1,12 +1,20 @@
 """Decode throughput of the continuous-batching engine vs one sequence at a time.
 
-`retserve bench decode [--configs default,1.3b] [--concurrency 1,2,...] [--force] ...`
+`retserve bench decode [--configs default,1.3b] [--concurrency 1,2,...] [--torchscale] ...`
 
 For each model and concurrency: aggregate decode tokens/s and per-step latency (p50/p99) of the
 engine's batched recurrent step, the same work done one sequence at a time through `model.step`
-(the naive baseline), the memory-bandwidth roofline of a step (weights + 2 x batch x state bytes:
-every state is read and written once), and the step time with states at position 16 vs 16384
-(a recurrent step costs the same at any position).
+(the naive baseline), the step's hardware limit and the step time with states at position 16
+vs 16384 (a recurrent step costs the same at any position).
+
+The limit of a step is max(bytes moved / copy bandwidth, FLOPs / matmul peak), both measured in
+the same run: bytes = the weights the step reads + 2 x sessions x state (each state read and
+written once), FLOPs = 2 per weight per session + the retention update and readout.
+`limit_fraction` = limit / measured p50 step.
+
+`--torchscale`: side by side with torchscale 0.3.0's own `RetNetDecoder` incremental decoding,
+on one model of the same shape converted with `retserve convert torchscale`'s converter
+(`pip install --no-deps torchscale==0.3.0 fairscale==0.4.0`).
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ import time
 
 import torch
 
+from bench.common import DEFAULT_SHAPE, percentile, sync
+from bench.torchscale_side import side_by_side
 from engine.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, load_model
-from engine.config import PRESETS, ModelConfig
+from engine.config import PRESETS
+from engine.cpu_linear import ROW_BLOCK, PackedLinear, can_pack
 from engine.engine import LLMEngine
 from engine.engine_config import EngineConfig
 from engine.model import RetNet
@@ -29,9 +40,6 @@ from engine.sampling import SamplingParams
 from engine.sequence import Request
 from engine.state_pool import StatePool
 
-# the shape models/retnet-tiny-chat is trained with, used with random weights until it exists
-FALLBACK = ModelConfig(vocab_size=4096, hidden_size=256, num_layers=4, num_heads=4, qk_dim=256,
-                       v_dim=512, ffn_dim=768)
 PROMPT_LEN = 16
 
 
@@ -48,6 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-packed-linear", action="store_true",
                    help="CPU: keep torch's dense linears (MKL sgemm), to compare")
     p.add_argument("--force", action="store_true", help="run 1.3b even on CPU")
+    p.add_argument("--torchscale", action="store_true",
+                   help="also run torchscale's RetNetDecoder side by side (if installed)")
     return p.parse_args(argv)
 
 
@@ -57,8 +67,8 @@ def make_model(name: str, config: EngineConfig) -> tuple[RetNet, str]:
         try:
             return load_model(None, device, dtype), str(DEFAULT_MODEL_DIR)
         except CheckpointError:
-            model_config, source = FALLBACK, ("random weights: models/retnet-tiny-chat not found, "
-                                              "fallback config of its shape")
+            model_config = DEFAULT_SHAPE
+            source = "random weights: models/retnet-tiny-chat not found, a model of its shape"
     else:
         model_config, source = PRESETS[name], f"random weights, preset {name}"
     torch.manual_seed(0)
@@ -92,14 +102,37 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * n * 4 / best
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of large matmuls in the weights' dtype, the best of a few: the practical compute
+    roof. On CPU also through oneDNN's packed weights (what the engine runs) when it packs."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    calls = [lambda: torch.mm(a, b)]
+    if can_pack(device, dtype):
+        packed = PackedLinear(b)
+        calls.append(lambda: packed(a[:ROW_BLOCK]))
+    best = 0.0
+    for call, rows in zip(calls, (n, ROW_BLOCK), strict=False):
+        for _ in range(10):
+            sync(device)
+            start = time.perf_counter()
+            call()
+            sync(device)
+            best = max(best, 2 * rows * n * n / (time.perf_counter() - start))
+    return best
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+def step_cost(model: RetNet) -> tuple[int, int]:
+    """(bytes of weights a decode step reads, FLOPs per session): every linear and the output
+    head whole, the embedding only through a tied head; retention: the state's update and
+    readout, ~4 FLOPs per state element and layer."""
+    c = model.config
+    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+                  if c.tie_embeddings or n != "embed_tokens.weight")
+    matmul_params = sum(m.weight.numel() for m in model.modules()
+                        if isinstance(m, torch.nn.Linear))
+    matmul_params += c.vocab_size * c.hidden_size if c.tie_embeddings else 0
+    return weights, 2 * matmul_params + 4 * c.kv_numel
 
 
 def start_sessions(engine: LLMEngine, n: int, max_tokens: int, tag: str) -> None:
@@ -109,7 +142,7 @@ def start_sessions(engine: LLMEngine, n: int, max_tokens: int, tag: str) -> None
     for i in range(n):
         engine.add_request(Request(f"{tag}-{i}", [rng.randrange(vocab) for _ in range(PROMPT_LEN)],
                                    params))
-    while engine.pool.num_decoding < n or engine.scheduler.num_waiting:  # prefill
+    while engine.pool.num_decoding < n or engine.num_waiting:  # prefill
         engine.step()
 
 
@@ -123,8 +156,7 @@ def timed_steps(engine: LLMEngine, num_steps: int) -> list[float]:
 
 
 def stop_sessions(engine: LLMEngine) -> None:
-    for request_id in list(engine._seqs):
-        engine.abort_request(request_id)
+    engine.abort_all()
 
 
 def naive_tokens_per_s(model: RetNet, num_steps: int) -> dict:
@@ -155,7 +187,7 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
     device = config.torch_device
     if name != "default" and device.type != "cuda" and not args.force:
         return {"skipped": "CPU: the 1.3b preset is for a GPU (use --force to run it anyway)"}
-    model_config = PRESETS.get(name, FALLBACK)
+    model_config = PRESETS.get(name, DEFAULT_SHAPE)
     state_bytes = StatePool.row_nbytes(model_config)
     with torch.device("meta"):
         num_params = sum(p.numel() for p in RetNet(model_config).parameters())
@@ -170,8 +202,8 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
     model, source = make_model(name, config)
     state_bytes = StatePool.row_nbytes(model.config)  # the loaded model's, not the estimate's
     engine = LLMEngine(model, config)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    bandwidth = copy_bandwidth(device)
+    weight_bytes, flops_per_session = step_cost(model)
+    bandwidth, peak = copy_bandwidth(device), matmul_peak(device, model.dtype)
     naive = naive_tokens_per_s(model, args.steps)  # the model as given: not packed
     rows = []
     for c in concurrency:
@@ -182,15 +214,20 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
         stop_sessions(engine)
         step = statistics.median(times)
         moved = weight_bytes + 2 * c * state_bytes
+        limit = max(moved / bandwidth, c * flops_per_session / peak)
         rows.append({
             "sessions": c,
             "tokens_per_s": c * len(times) / sum(times),
             "step_ms_p50": 1e3 * step,
-            "step_ms_p99": 1e3 * percentile(times, 0.99),
+            "step_ms_p99": 1e3 * percentile(times, 99),
             "speedup_vs_naive": c * len(times) / sum(times) / naive["tokens_per_s"],
             "bytes_per_step": moved,
             "roofline_ms": 1e3 * moved / bandwidth,
             "roofline_fraction": moved / bandwidth / step,
+            "flops_per_step": c * flops_per_session,
+            "compute_ms": 1e3 * c * flops_per_session / peak,
+            "limit_ms": 1e3 * limit,
+            "limit_fraction": limit / step,
         })
     base = rows[0]["tokens_per_s"] if rows[0]["sessions"] == 1 else None
     for row in rows:
@@ -203,9 +240,10 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
         "weight_bytes": weight_bytes,
         "state_bytes_per_session": state_bytes,
         "copy_bandwidth_gb_s": bandwidth / 1e9,
-        "roofline_note": "bytes_per_step = weights + 2 x sessions x state (read + write); "
-                         "fraction = roofline time / measured p50 step"
-                         + ("" if device.type == "cuda" else " (CPU: indicative only)"),
+        "matmul_peak_gflop_s": peak / 1e9,
+        "roofline_note": "bytes_per_step = weights read + 2 x sessions x state (read + write); "
+                         "roofline_ms = bytes / copy bandwidth; compute_ms = FLOPs / matmul peak; "
+                         "limit_ms = the larger; limit_fraction = limit_ms / measured p50 step",
         "cuda_graphs": config.use_cuda_graphs,
         # linears the engine runs as oneDNN prepacked (CPU), 0: torch's dense F.linear
         "packed_linears": engine.packed_linears,
@@ -251,9 +289,11 @@ def run(argv: list[str]) -> dict:
     }
     for name in args.configs.split(","):
         result["models"][name] = bench_model(name, args, concurrency)
+    if args.torchscale:
+        result["torchscale"] = side_by_side(args.num_threads)
     default = result["models"].get("default", {})
     by_sessions = {r["sessions"]: r for r in default.get("concurrency", [])}
-    at_64 = by_sessions.get(64, {})
+    at_1, at_64 = by_sessions.get(1, {}), by_sessions.get(64, {})
     result["seconds"] = time.perf_counter() - started
     result["summary"] = {
         # aggregate tokens/s at 64 sessions / one session's (through the engine both)
@@ -261,5 +301,10 @@ def run(argv: list[str]) -> dict:
         "target_speedup_64": 20.0,
         "speedup_64_vs_naive_model_step": at_64.get("speedup_vs_naive"),
         "step_time_ratio_long_vs_short": default.get("position", {}).get("ratio_long_vs_short"),
+        "limit_fraction_1": at_1.get("limit_fraction"),
+        "target_limit_fraction_1": 0.3,
+        "limit_fraction_64": at_64.get("limit_fraction"),
+        "target_limit_fraction_64": 0.6,
+        **result.get("torchscale", {}).get("summary", {}),
     }
     return result

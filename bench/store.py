@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import tempfile
 import time
 import uuid
 
+from bench.common import percentile
 from state_store import ConversationStore, HotCache, StateRecord, open_store
 from state_store.codec import decode_record, encode_record
 
@@ -34,15 +34,9 @@ def _label(num_bytes: int) -> str:
     return f"{num_bytes // MiB}MB" if num_bytes >= MiB else f"{num_bytes // 1024}KB"
 
 
-def _pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
 def _summary(times: list[float], num_bytes: int) -> dict:
-    median = _pct(times, 50)
-    return {"p50_ms": median * 1e3, "p99_ms": _pct(times, 99) * 1e3,
+    median = percentile(times, 50)
+    return {"p50_ms": median * 1e3, "p99_ms": percentile(times, 99) * 1e3,
             "mb_per_s": num_bytes / median / MiB, "n": len(times)}
 
 
@@ -98,8 +92,8 @@ async def _bench_hot_cache(num_bytes: int, repeats: int = 2000) -> dict:
         await conv.lookup("bench", messages)
         times.append(time.perf_counter() - t0)
     await store.close()
-    return {"record_bytes": num_bytes, "lookup_hit_p50_us": _pct(times, 50) * 1e6,
-            "lookup_hit_p99_us": _pct(times, 99) * 1e6}
+    return {"record_bytes": num_bytes, "lookup_hit_p50_us": percentile(times, 50) * 1e6,
+            "lookup_hit_p99_us": percentile(times, 99) * 1e6}
 
 
 def _bench_codec(num_bytes: int, repeats: int = 5) -> dict:

@@ -257,6 +257,15 @@ class LLMEngine:
         self.scheduler.finish(seq, "abort")
         return self._output(seq, [], "", None)
 
+    def abort_all(self) -> list[RequestOutput]:
+        """Ends every request (waiting or running); their final outputs."""
+        return [self.abort_request(request_id) for request_id in list(self._seqs)]
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued for a slot."""
+        return self.scheduler.num_waiting
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
 
@@ -451,7 +460,7 @@ class AsyncEngine:
         iterator is first awaited and aborted if the iterator is closed before it finishes."""
         if request.request_id in self._streams:
             raise InvalidRequestError(f"request id {request.request_id!r} is already running")
-        if not request.admitted and self.engine.scheduler.num_waiting + self._inbox.qsize() \
+        if not request.admitted and self.engine.num_waiting + self._inbox.qsize() \
                 >= self.engine.config.max_waiting:
             raise EngineOverloaded("the waiting queue is full")
         return self._stream(self.engine.make_sequence(request))
@@ -531,9 +540,7 @@ class AsyncEngine:
                 delivered += self.engine.step()
             except Exception as e:  # a bug or device error: fail what is running, keep serving
                 logger.exception("engine step failed")
-                for request_id in list(self.engine._seqs):
-                    self.engine.abort_request(request_id)
-                    delivered.append((request_id, e))
+                delivered += [(output.request_id, e) for output in self.engine.abort_all()]
             if delivered:
                 self._deliver(delivered)
 

@@ -78,7 +78,8 @@ async def test_a_consumer_that_falls_behind_gets_what_piled_up_as_one_output(mak
     async for output in engine.generate(Request("slow", prompt_ids, params)):
         slow.append(output)
         await asyncio.sleep(0.05)  # several engine steps
-    assert len(slow) < len(fast) == 24
+    # fast: one output per step while it keeps up (a loaded machine may still merge a few)
+    assert len(slow) < min(len(fast), 24) and sum(len(o.token_ids) for o in fast) == 24
     for field in ("token_ids", "text", "logprobs"):
         assert [x for o in slow for x in getattr(o, field)] == \
             [x for o in fast for x in getattr(o, field)], field
@@ -194,7 +195,7 @@ async def test_a_thousand_requests_a_third_aborted_leave_nothing_behind(make_asy
     assert (stats.num_slots_used, stats.num_running, stats.num_waiting) == (0, 0, 0)
     assert pool.num_free == pool.num_slots and pool.nbytes == pool_bytes
     assert pool.kv.data_ptr() == kv_ptr
-    assert engine.num_streams == 0 and not engine.engine._seqs
+    assert engine.num_streams == 0 and not engine.engine.has_unfinished_requests()
     assert not engine.engine.scheduler._by_slot and engine._inbox.empty()
     assert len(gc.get_objects()) - num_objects < 2000
     assert rss_bytes() - rss < 32 * 2**20
@@ -242,7 +243,7 @@ async def test_full_waiting_queue_is_overloaded(make_async):
     streams = [engine.generate(Request(f"q{i}", [1], params)) for i in range(3)]
     await anext(streams[0])  # running: the next two wait
     firsts = [asyncio.create_task(anext(s)) for s in streams[1:]]
-    await wait_until(lambda: engine.engine.scheduler.num_waiting == 2)
+    await wait_until(lambda: engine.engine.num_waiting == 2)
     with pytest.raises(EngineOverloaded):
         engine.generate(Request("overflow", [1], params))
     for task in firsts:
