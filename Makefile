@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # The local CPU build; set TORCH_SPEC to a CUDA build's requirement (and PIP_EXTRA_INDEX_URL) elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: serve test venv lint bench clean loadtest loadtest-smoke image image-cuda
+.PHONY: serve test venv lint bench clean loadtest loadtest-smoke image image-cuda fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ image:
 image-cuda:
 	docker build -t retserve:cuda --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04 \
 		--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+
+# hostile input everywhere (a long API fuzz, hostile requests, forged records, faults under
+# load) -> runs/fuzz.json; FUZZ_ARGS go to `retserve bench fuzz` (see its --help)
+fuzz: venv
+	mkdir -p runs
+	$(BIN)/retserve bench fuzz --json $(FUZZ_ARGS) > runs/fuzz.json
+	$(BIN)/python -c "import json; print(json.dumps(json.load(open('runs/fuzz.json'))['summary'], indent=2))"
 
 lint: venv
 	$(BIN)/ruff check .

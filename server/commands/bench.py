@@ -6,7 +6,7 @@ import importlib
 import json
 
 BENCHMARKS = ("forms", "decode", "engine_memory", "store", "state_dtype", "turns", "constraints",
-              "agents")
+              "agents", "fuzz")
 
 
 def register(sub) -> None:
