@@ -56,6 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-packed-linear", action="store_true",
                    help="CPU: keep torch's dense linears (MKL sgemm), to compare")
     p.add_argument("--force", action="store_true", help="run 1.3b even on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--torchscale", action="store_true",
                    help="also run torchscale's RetNetDecoder side by side (if installed)")
     return p.parse_args(argv)
@@ -183,7 +184,7 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
     config = EngineConfig(max_num_seqs=max(concurrency), max_num_batched_tokens=max(
         2048, max(concurrency) * (PROMPT_LEN + 1) + 64), device=args.device, dtype=args.dtype,
         cuda_graphs=not args.no_cuda_graphs, num_threads=args.num_threads,
-        cpu_packed_linear=not args.no_packed_linear)
+        cpu_packed_linear=not args.no_packed_linear, compile_decode=args.compile)
     device = config.torch_device
     if name != "default" and device.type != "cuda" and not args.force:
         return {"skipped": "CPU: the 1.3b preset is for a GPU (use --force to run it anyway)"}
@@ -245,6 +246,8 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
                          "roofline_ms = bytes / copy bandwidth; compute_ms = FLOPs / matmul peak; "
                          "limit_ms = the larger; limit_fraction = limit_ms / measured p50 step",
         "cuda_graphs": config.use_cuda_graphs,
+        "compile_decode": config.compile_decode,
+        "compile_seconds": engine.runner.compile_seconds,
         # linears the engine runs as oneDNN prepacked (CPU), 0: torch's dense F.linear
         "packed_linears": engine.packed_linears,
         "naive_one_at_a_time": naive,

@@ -40,7 +40,7 @@ class ModelRunner:
     CUDA graph per bucket when enabled) over staging buffers allocated once."""
 
     def __init__(self, model: RetNet, pool: StatePool, buckets: tuple[int, ...],
-                 use_cuda_graphs: bool):
+                 use_cuda_graphs: bool, compile_decode: bool = False):
         self.model, self.pool, self.buckets = model, pool, buckets
         self.device = pool.kv.device
         is_cuda = self.device.type == "cuda"
@@ -51,6 +51,10 @@ class ModelRunner:
         self.bucket_of = [next(b for b in buckets if b >= n) for n in range(buckets[-1] + 1)]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.graph_logits: dict[int, Tensor] = {}
+        self.decode_step = model.decode_step
+        self.compile_seconds = 0.0
+        if compile_decode:
+            self.decode_step = self.compile_decode_step()
         if use_cuda_graphs:
             self.capture_cuda_graphs()
 
@@ -74,9 +78,23 @@ class ModelRunner:
             logits = self.graph_logits[size]
         else:
             rows = self.pool.decode_batch(size)
-            logits = self.model.decode_step(self.inputs[0, :size], rows.kv, rows.num_tokens,
-                                            rows.conv)
+            logits = self.decode_step(self.inputs[0, :size], rows.kv, rows.num_tokens, rows.conv)
         return logits[:n], self.inputs[1, :n], self.inputs[2, :n]
+
+    @torch.inference_mode()
+    def compile_decode_step(self):
+        """The decode step through inductor, compiled now on the pool's first rows (free at
+        start-up) for any batch size; weights frozen as constants (oneDNN packs them)."""
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        compiled = torch.compile(self.model.decode_step, dynamic=True)
+        start = time.perf_counter()
+        for size in sorted({self.buckets[0], self.buckets[-1]}):
+            rows = self.pool.decode_batch(size)
+            compiled(self.inputs[0, :size], rows.kv, rows.num_tokens, rows.conv)
+        self.compile_seconds = time.perf_counter() - start
+        return compiled
 
     @torch.inference_mode()
     def capture_cuda_graphs(self) -> None:
@@ -86,10 +104,10 @@ class ModelRunner:
         for size in reversed(self.buckets):
             rows = self.pool.decode_batch(size)
             args = (self.inputs[0, :size], rows.kv, rows.num_tokens, rows.conv)
-            self.model.decode_step(*args)  # warm-up: kernels, cuBLAS workspaces
+            self.decode_step(*args)  # warm-up: kernels, cuBLAS workspaces
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=memory_pool):
-                self.graph_logits[size] = self.model.decode_step(*args)
+                self.graph_logits[size] = self.decode_step(*args)
             memory_pool = graph.pool()
             self.graphs[size] = graph
         torch.cuda.synchronize()
@@ -130,7 +148,7 @@ class LLMEngine:
         # CPU: oneDNN prepacked weights run the decode step's matmuls ~2x faster than MKL sgemm;
         # a packed copy, so that the caller's model stays trainable and saveable
         self.packed_linears = 0
-        if config.cpu_packed_linear and can_pack(device, dtype):
+        if config.cpu_packed_linear and can_pack(device, dtype) and not config.compile_decode:
             self.model, self.packed_linears = packed_copy(self.model)
         self.tokenizer = tokenizer
         mc = model.config
@@ -149,7 +167,7 @@ class LLMEngine:
         self.sampler = Sampler(num_slots, mc.vocab_size, device)
         top = next(b for b in buckets if b >= self.scheduler.max_num_seqs)  # fewer slots: less
         self.runner = ModelRunner(self.model, self.pool, tuple(b for b in buckets if b <= top),
-                                  config.use_cuda_graphs)
+                                  config.use_cuda_graphs, config.compile_decode)
         self._constraints: Constraints | None = None  # built on the first grammar
         self._seqs: dict[str, Sequence] = {}
         self._num_steps = self._num_prefill_tokens = self._num_decode_tokens = 0

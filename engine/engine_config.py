@@ -27,6 +27,11 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9  # share of free device memory the pool may take
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
     cpu_packed_linear: bool = True  # CPU: oneDNN prepacked linears, ~2x MKL sgemm at batch >= 8
+    # torch.compile (inductor) of the decode step, one graph for every batch size (a row's
+    # numbers must not depend on the batch), weights frozen (no packed copy): 10-40 s at
+    # start-up. On the 2-core CPU it wins at 1 session (1.4 vs 2.4 ms per step) and loses at
+    # 64 (24 vs 8 ms; `retserve bench decode --compile`): off.
+    compile_decode: bool = False
     max_logprobs: int = 20
     # How tokens a grammar forces (engine/constraints.py) reach the state: "prefill" feeds them
     # chunkwise before the next decode step, like prompt tokens (one model call per sequence,
