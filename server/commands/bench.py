@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 
-BENCHMARKS = ("forms", "decode", "engine_memory", "store", "state_dtype", "turns", "constraints",
-              "agents", "fuzz")
+BENCHMARKS = ("forms", "decode", "engine_memory", "store", "state_dtype", "weights_dtype", "turns",
+              "constraints", "agents", "fuzz")
 
 
 def register(sub) -> None:
