@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from server.cli import COMMANDS, build_parser
 
 
@@ -34,8 +36,9 @@ def test_bench_decode_reports_the_step_against_its_limit():
     model = result["models"]["default"]
     assert model["matmul_peak_gflop_s"] > 0 and model["copy_bandwidth_gb_s"] > 0
     for row in model["concurrency"]:
-        assert row["limit_ms"] == max(row["roofline_ms"], row["compute_ms"]) > 0
-        assert row["limit_fraction"] == row["limit_ms"] / row["step_ms_p50"]
+        assert row["limit_ms"] == pytest.approx(max(row["roofline_ms"], row["compute_ms"]))
+        assert row["limit_fraction"] == pytest.approx(row["limit_ms"] / row["step_ms_p50"])
+        assert row["limit_fraction"] > 0
     assert result["summary"]["limit_fraction_1"] == model["concurrency"][0]["limit_fraction"]
 
 
