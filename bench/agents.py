@@ -185,8 +185,8 @@ def mask_cost(threads: int, num_requests: int = 8) -> dict:
     """Token-mask time per generated token of the loop's call grammar, on the engine's own
     constraint workers (engine/constraints.py), in this process."""
     from engine.checkpoint import DEFAULT_MODEL_DIR
-    from engine.engine import LLMEngine
     from engine.engine_config import EngineConfig
+    from engine.llm_engine import LLMEngine
     from engine.sampling import SamplingParams
     from engine.sequence import Request
     from engine.tokenizer import Tokenizer

@@ -23,8 +23,8 @@ import time
 import llguidance
 
 from bench.common import bench_model, percentile
-from engine.engine import LLMEngine
 from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
 from engine.sampling import SamplingParams
 from engine.sequence import Request
 from engine.tokenizer import Tokenizer

@@ -33,8 +33,8 @@ from bench.torchscale_side import side_by_side
 from engine.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, load_model
 from engine.config import PRESETS
 from engine.cpu_linear import ROW_BLOCK, PackedLinear, can_pack
-from engine.engine import LLMEngine
 from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
 from engine.model import RetNet
 from engine.sampling import SamplingParams
 from engine.sequence import Request

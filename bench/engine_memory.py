@@ -23,8 +23,9 @@ import time
 import torch
 
 from bench.common import bench_model, malloc_stats, rss_bytes
-from engine.engine import AsyncEngine, LLMEngine
+from engine.async_engine import AsyncEngine
 from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
 from engine.sampling import SamplingParams
 from engine.sequence import Request
 from engine.state import RetentionState

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from engine.convert_torchscale import convert_torchscale
-from engine.engine import LLMEngine
 from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
 from engine.model import RetNet
 from engine.sampling import SamplingParams
 from engine.sequence import Request

@@ -118,7 +118,7 @@ async def http_throughput(url: str, streams: int, max_tokens: int) -> dict:
 ENGINE_SCRIPT = """
 import json, sys, time
 from engine.checkpoint import DEFAULT_MODEL_DIR
-from engine.engine import LLMEngine
+from engine.llm_engine import LLMEngine
 from engine.engine_config import EngineConfig
 from engine.sampling import SamplingParams
 from engine.sequence import Request

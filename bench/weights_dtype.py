@@ -19,8 +19,8 @@ import time
 import torch
 
 from bench.common import bench_model
-from engine.engine import LLMEngine
 from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
 from engine.sampling import SamplingParams
 from engine.sequence import Request
 

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
-from engine.engine import AsyncEngine
+from engine.async_engine import AsyncEngine
 from engine.sampling import SamplingParams
 from engine.sequence import Request
 from engine.state import RetentionState, dtype_from_name

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.async_engine import AsyncEngine
 from engine.checkpoint import DEFAULT_MODEL_DIR, load_model
-from engine.engine import AsyncEngine, LLMEngine
 from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
 from engine.model import RetNet
 from engine.tokenizer import Tokenizer
 from server.chat_service import ChatService, ServiceOptions

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from engine.engine import AsyncEngine
+from engine.async_engine import AsyncEngine
 from engine.errors import EngineOverloaded, InvalidRequestError
 from engine.sampling import TokenLogprob
 from engine.sequence import Request

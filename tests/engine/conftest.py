@@ -27,8 +27,8 @@ def make_engine(tiny_model):
     5-7 and 9-11), so these sizes make a row's numbers independent of the rest of the batch."""
     import torch
 
-    from engine.engine import LLMEngine
     from engine.engine_config import EngineConfig
+    from engine.llm_engine import LLMEngine
 
     def make(**overrides):
         # one intra-op thread: on a shared 2-core machine OpenMP threads that wait for a

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.engine import AsyncEngine
+from engine.async_engine import AsyncEngine
 from engine.errors import EngineOverloaded, InvalidRequestError
 from engine.sampling import SamplingParams
 from engine.sequence import Request
@@ -256,8 +256,8 @@ async def test_full_waiting_queue_is_overloaded(make_async):
 
 async def test_text_deltas_come_from_the_incremental_detokenizer(tiny_tokenizer_dir):
     from engine.config import ModelConfig
-    from engine.engine import LLMEngine
     from engine.engine_config import EngineConfig
+    from engine.llm_engine import LLMEngine
     from engine.model import RetNet
     from engine.tokenizer import Tokenizer
 

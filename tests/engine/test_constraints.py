@@ -10,9 +10,9 @@ import torch
 
 from engine.checkpoint import DEFAULT_MODEL_DIR, load_model
 from engine.constraints import GrammarError, grammar_error
-from engine.engine import LLMEngine
 from engine.engine_config import EngineConfig
 from engine.errors import InvalidRequestError
+from engine.llm_engine import LLMEngine
 from engine.sampling import SamplingParams
 from engine.sequence import Request
 from engine.tokenizer import Tokenizer

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from engine.config import ModelConfig
-from engine.engine import LLMEngine
 from engine.engine_config import EngineConfig
 from engine.errors import InvalidRequestError
+from engine.llm_engine import LLMEngine
 from engine.model import RetNet
 from engine.sampling import SamplingParams
 from engine.sequence import Request

@@ -1,5 +1,4 @@
-"""The engine: a synchronous core (`LLMEngine`: add_request / step) and an asyncio facade
-(`AsyncEngine`: generate / abort) whose single background thread owns the device.
+"""The synchronous engine: add_request / step.
 
 One step = schedule -> chunkwise prefill pieces -> one batched recurrent decode step, in place on
 the pool's rows -> sampling -> outputs.
@@ -7,128 +6,25 @@ the pool's rows -> sampling -> outputs.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import logging
-import queue
-import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from engine.constraints import Constraints
 from engine.cpu_linear import can_pack, packed_copy
 from engine.engine_config import EngineConfig
-from engine.errors import EngineOverloaded, InvalidRequestError
+from engine.engine_stats import EngineStats
+from engine.errors import InvalidRequestError
 from engine.model import RetNet
+from engine.model_runner import ModelRunner
 from engine.sampling import Sampler, SamplingParams, TokenLogprob
 from engine.scheduler import Scheduler, prefill_piece_size
 from engine.sequence import Request, RequestOutput, Sequence
 from engine.state import RetentionState, state_shapes
 from engine.state_pool import StatePool
-
-logger = logging.getLogger(__name__)
-
-
-class ModelRunner:
-    """Runs the model on the pool: prefill pieces, and the decode step padded to a bucket (one
-    CUDA graph per bucket when enabled) over staging buffers allocated once."""
-
-    def __init__(self, model: RetNet, pool: StatePool, buckets: tuple[int, ...],
-                 use_cuda_graphs: bool, compile_decode: bool = False):
-        self.model, self.pool, self.buckets = model, pool, buckets
-        self.device = pool.kv.device
-        is_cuda = self.device.type == "cuda"
-        # rows: input ids, slots, steps (tokens generated so far, keys the sampling noise)
-        self.host = torch.zeros(3, buckets[-1], dtype=torch.long, pin_memory=is_cuda)
-        self.host_np = self.host.numpy()
-        self.inputs = self.host.to(self.device) if is_cuda else self.host
-        self.bucket_of = [next(b for b in buckets if b >= n) for n in range(buckets[-1] + 1)]
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.graph_logits: dict[int, Tensor] = {}
-        self.decode_step = model.decode_step
-        self.compile_seconds = 0.0
-        if compile_decode:
-            self.decode_step = self.compile_decode_step()
-        if use_cuda_graphs:
-            self.capture_cuda_graphs()
-
-    def prefill(self, slot: int, token_ids: list[int]) -> None:
-        ids = torch.tensor([token_ids], device=self.device)
-        _, state = self.model.prefill(ids, self.pool.state(slot), return_logits=False)
-        self.pool.write(slot, state)
-
-    def decode(self, seqs: list) -> tuple[Tensor, Tensor, Tensor]:
-        """One token per sequence (pool rows 0..n-1) -> logits [n, V], slots [n], steps [n]."""
-        n = len(seqs)
-        size = self.bucket_of[n]
-        self.host_np[0, :n] = [seq.next_input for seq in seqs]
-        self.host_np[0, n:size] = 0
-        self.host_np[1, :n] = [seq.slot for seq in seqs]
-        self.host_np[2, :n] = [len(seq.output_ids) for seq in seqs]
-        if self.inputs is not self.host:
-            self.inputs[:, :size].copy_(self.host[:, :size], non_blocking=True)
-        if size in self.graphs:
-            self.graphs[size].replay()
-            logits = self.graph_logits[size]
-        else:
-            rows = self.pool.decode_batch(size)
-            logits = self.decode_step(self.inputs[0, :size], rows.kv, rows.num_tokens, rows.conv)
-        return logits[:n], self.inputs[1, :n], self.inputs[2, :n]
-
-    @torch.inference_mode()
-    def compile_decode_step(self):
-        """The decode step through inductor, compiled now on the pool's first rows (free at
-        start-up) for any batch size; weights frozen as constants (oneDNN packs them)."""
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True
-        compiled = torch.compile(self.model.decode_step, dynamic=True)
-        start = time.perf_counter()
-        for size in sorted({self.buckets[0], self.buckets[-1]}):
-            rows = self.pool.decode_batch(size)
-            compiled(self.inputs[0, :size], rows.kv, rows.num_tokens, rows.conv)
-        self.compile_seconds = time.perf_counter() - start
-        return compiled
-
-    @torch.inference_mode()
-    def capture_cuda_graphs(self) -> None:
-        """One graph per bucket over the pool's first rows (all free at start-up), sharing one
-        memory pool; largest first so the smaller ones reuse its blocks."""
-        memory_pool = None
-        for size in reversed(self.buckets):
-            rows = self.pool.decode_batch(size)
-            args = (self.inputs[0, :size], rows.kv, rows.num_tokens, rows.conv)
-            self.decode_step(*args)  # warm-up: kernels, cuBLAS workspaces
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=memory_pool):
-                self.graph_logits[size] = self.decode_step(*args)
-            memory_pool = graph.pool()
-            self.graphs[size] = graph
-        torch.cuda.synchronize()
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    num_slots_used: int
-    num_slots_total: int
-    pool_bytes: int
-    num_steps: int
-    num_prefill_tokens: int  # fed chunkwise
-    num_decode_tokens: int  # fed through the batched recurrent step
-    last_batch_size: int  # decode rows in the last step
-    last_step_seconds: float
-    total_step_seconds: float
-    # decode steps by batch size: decode_batch_sizes[b] steps ran b rows (b = 0: prefill only)
-    decode_batch_sizes: tuple[int, ...] = ()
-    num_forced_tokens: int = 0  # emitted because a grammar forced them (not sampled)
 
 
 class LLMEngine:
@@ -446,153 +342,3 @@ class LLMEngine:
             for output in self.step():
                 results[output.request_id].append(output)
         return results
-
-
-class AsyncEngine:
-    """asyncio facade: `generate()` streams a request's outputs; a background thread runs
-    `LLMEngine.step()` and hands each step's outputs to the event loop in one callback."""
-
-    def __init__(self, engine: LLMEngine):
-        self.engine = engine
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("add", Sequence) | ("abort", id)
-        self._wakeup = threading.Event()
-        self._streams: dict[str, asyncio.Queue] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._is_stopped = False
-
-    @classmethod
-    def from_model(cls, model: RetNet, config: EngineConfig | None = None,
-                   tokenizer=None) -> AsyncEngine:
-        return cls(LLMEngine(model, config, tokenizer))
-
-    def stats(self) -> EngineStats:
-        return self.engine.stats()
-
-    @property
-    def num_streams(self) -> int:
-        return len(self._streams)
-
-    def generate(self, request: Request) -> AsyncIterator[RequestOutput]:
-        """Validates now (InvalidRequestError, EngineOverloaded); the request is queued when the
-        iterator is first awaited and aborted if the iterator is closed before it finishes."""
-        if request.request_id in self._streams:
-            raise InvalidRequestError(f"request id {request.request_id!r} is already running")
-        if not request.admitted and self.engine.num_waiting + self._inbox.qsize() \
-                >= self.engine.config.max_waiting:
-            raise EngineOverloaded("the waiting queue is full")
-        return self._stream(self.engine.make_sequence(request))
-
-    async def _stream(self, seq: Sequence) -> AsyncIterator[RequestOutput]:
-        self._ensure_started()
-        request_id = seq.request_id
-        if request_id in self._streams:
-            raise InvalidRequestError(f"request id {request_id!r} is already running")
-        stream: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = stream
-        self._submit(("add", seq))
-        is_finished = False
-        error = None
-        try:
-            while True:
-                item = error or await stream.get()
-                if isinstance(item, BaseException):
-                    is_finished = True
-                    raise item
-                # a consumer that fell behind takes what piled up as one output: per-output
-                # work (an SSE event, a socket write) then stops competing with the engine
-                while not item.finished and not stream.empty():
-                    later = stream.get_nowait()
-                    if isinstance(later, BaseException):
-                        error = later
-                        break
-                    item = item.merged(later)
-                is_finished = item.finished
-                yield item
-                if is_finished:
-                    return
-        finally:
-            self._streams.pop(request_id, None)
-            if not is_finished:
-                self._submit(("abort", request_id))
-
-    def abort(self, request_id: str) -> None:
-        """Ends a request; its stream receives a final output with finish_reason "abort"."""
-        self._submit(("abort", request_id))
-
-    def _submit(self, command: tuple) -> None:
-        self._inbox.put(command)
-        self._wakeup.set()
-
-    def _ensure_started(self) -> None:
-        if self._is_stopped:
-            raise RuntimeError("the engine is shut down")
-        if self._thread is None:
-            self._loop = asyncio.get_running_loop()
-            self._thread = threading.Thread(target=self._run, name="retserve-engine", daemon=True)
-            self._thread.start()
-
-    def shutdown(self) -> None:
-        """Stops the engine thread; open streams end with an error. Call from the event loop."""
-        self._is_stopped = True
-        self._wakeup.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        self.engine.close()
-        for stream in self._streams.values():
-            stream.put_nowait(RuntimeError("the engine is shut down"))
-
-    def _run(self) -> None:
-        if self.engine.config.num_threads:
-            torch.set_num_threads(self.engine.config.num_threads)
-        while not self._is_stopped:
-            self._wakeup.clear()
-            delivered = self._drain_inbox()
-            if not self.engine.has_unfinished_requests():
-                if delivered:
-                    self._deliver(delivered)
-                self._wakeup.wait()
-                continue
-            try:
-                delivered += self.engine.step()
-            except Exception as e:  # a bug or device error: fail what is running, keep serving
-                logger.exception("engine step failed")
-                delivered += [(output.request_id, e) for output in self.engine.abort_all()]
-            if delivered:
-                self._deliver(delivered)
-
-    def _drain_inbox(self) -> list:
-        delivered = []
-        while True:
-            try:
-                kind, payload = self._inbox.get_nowait()
-            except queue.Empty:
-                return delivered
-            if kind == "add":
-                try:
-                    self.engine.add_sequence(payload)
-                except (EngineOverloaded, InvalidRequestError) as e:
-                    delivered.append((payload.request_id, e))
-            else:
-                output = self.engine.abort_request(payload)
-                if output is not None:
-                    delivered.append(output)
-
-    def _deliver(self, items: list) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._dispatch, items)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
-
-    def _dispatch(self, items: list) -> None:
-        for item in items:
-            if isinstance(item, RequestOutput):
-                stream = self._streams.get(item.request_id)
-                if stream is not None:
-                    stream.put_nowait(item)
-            else:
-                request_id, error = item
-                stream = self._streams.get(request_id)
-                if stream is not None:
-                    stream.put_nowait(error)
