@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64,
-           "bfloat16": torch.bfloat16, "float16": torch.float16}
+from engine.dtypes import DTYPES
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,8 @@ class EngineConfig:
                              "(every running sequence decodes one token per step)")
         if self.forced_tokens not in ("prefill", "decode"):
             raise ValueError('forced_tokens must be "prefill" or "decode"')
-        if self.dtype is not None and self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.decode_buckets is not None:
@@ -69,7 +68,7 @@ class EngineConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         if self.dtype is not None:
-            return _DTYPES[self.dtype]
+            return DTYPES[self.dtype]
         return torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
 
     @property

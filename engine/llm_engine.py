@@ -315,17 +315,23 @@ class LLMEngine:
                 state: RetentionState | None = None) -> RequestOutput:
         finished = seq.finish_reason is not None and seq.tail is None
         return RequestOutput(
-            seq.request_id, token_ids, text, seq.finish_reason if finished else None,
-            len(seq.prompt_ids), seq.num_cached_tokens, len(seq.output_ids), logprobs, state,
-            seq.timings() if finished else None)
+            request_id=seq.request_id, token_ids=token_ids, text=text,
+            finish_reason=seq.finish_reason if finished else None,
+            num_prompt_tokens=len(seq.prompt_ids), num_cached_tokens=seq.num_cached_tokens,
+            num_generated_tokens=len(seq.output_ids), logprobs=logprobs, state=state,
+            timings=seq.timings() if finished else None)
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            self.scheduler.num_running, self.scheduler.num_waiting,
-            self.pool.num_slots - self.pool.num_free, self.pool.num_slots, self.pool.nbytes,
-            self._num_steps, self._num_prefill_tokens, self._num_decode_tokens,
-            self._last_batch_size, self._last_step_seconds, self._total_step_seconds,
-            tuple(self._decode_batch_sizes), self._num_forced_tokens)
+            num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,
+            num_slots_used=self.pool.num_slots - self.pool.num_free,
+            num_slots_total=self.pool.num_slots, pool_bytes=self.pool.nbytes,
+            num_steps=self._num_steps, num_prefill_tokens=self._num_prefill_tokens,
+            num_decode_tokens=self._num_decode_tokens, last_batch_size=self._last_batch_size,
+            last_step_seconds=self._last_step_seconds,
+            total_step_seconds=self._total_step_seconds,
+            decode_batch_sizes=tuple(self._decode_batch_sizes),
+            num_forced_tokens=self._num_forced_tokens)
 
     def close(self) -> None:
         """Releases the grammar worker threads, if any; call once no request is running."""

@@ -86,7 +86,7 @@ class Scheduler:
             if num_tokens == seq.num_prefill_tokens_left and not seq.is_prefill_only:
                 self.pool.start_decoding(seq.slot)
         decode = [self._by_slot[slot] for slot in self.pool.decoding_slots]
-        return ScheduledBatch(prefill, decode, admitted)
+        return ScheduledBatch(prefill=prefill, decode=decode, admitted=admitted)
 
     def _admit(self) -> list[Sequence]:
         admitted = []

@@ -141,5 +141,5 @@ class Sequence:
         return self.output_ids[-1]
 
     def timings(self) -> RequestTimings:
-        return RequestTimings(self.arrival_time, self.scheduled_time, self.first_token_time,
-                              self.finished_time)
+        return RequestTimings(arrival=self.arrival_time, scheduled=self.scheduled_time,
+                              first_token=self.first_token_time, finished=self.finished_time)

@@ -9,19 +9,6 @@ from torch import Tensor
 
 from engine.config import ModelConfig
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64,
-           "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def dtype_from_name(name: str) -> torch.dtype:
-    if name not in _DTYPES:
-        raise ValueError(f"unsupported state dtype {name!r}")
-    return _DTYPES[name]
-
 
 @dataclass
 class RetentionState:

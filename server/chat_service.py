@@ -23,9 +23,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from engine.async_engine import AsyncEngine
+from engine.dtypes import dtype_from_name
 from engine.sampling import SamplingParams
 from engine.sequence import Request
-from engine.state import RetentionState, dtype_from_name
+from engine.state import RetentionState
 from engine.tokenizer import ChatTemplateError, Tokenizer
 from server.chat_turn import ChatTurn, TurnPlan
 from server.errors import APIError, bad_request, not_found, overloaded, unavailable

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from engine.async_engine import AsyncEngine
+from engine.dtypes import dtype_from_name
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.state import dtype_from_name
 from engine.tokenizer import Tokenizer
 from server.chat_service import ChatService, ServiceOptions
 from server.metrics import ServerMetrics

@@ -10,7 +10,8 @@ import time
 import torch
 
 from engine.config import ModelConfig
-from engine.state import RetentionState, dtype_from_name, dtype_name
+from engine.dtypes import dtype_from_name, dtype_name
+from engine.state import RetentionState
 from state_store import MalformedRecord, StateRecord
 
 STATE_DTYPES = ("float32", "bfloat16", "float16", "float64")
