@@ -184,6 +184,8 @@ def medians(loops: list[list[list[dict]]]) -> list[dict]:
 def mask_cost(threads: int, num_requests: int = 8) -> dict:
     """Token-mask time per generated token of the loop's call grammar, on the engine's own
     constraint workers (engine/constraints.py), in this process."""
+    import torch
+
     from engine.checkpoint import DEFAULT_MODEL_DIR
     from engine.engine_config import EngineConfig
     from engine.llm_engine import LLMEngine
@@ -195,6 +197,7 @@ def mask_cost(threads: int, num_requests: int = 8) -> dict:
     constraint = ResponseRequest(model=MODEL_NAME, input="", tools=TOOLS,
                                  tool_choice="required", parallel_tool_calls=False).constraint()
     tokenizer = Tokenizer.from_dir(DEFAULT_MODEL_DIR)
+    torch.set_num_threads(threads)
     engine = LLMEngine.from_checkpoint(DEFAULT_MODEL_DIR, EngineConfig(
         max_num_seqs=num_requests, num_threads=threads), tokenizer)
 

@@ -21,6 +21,7 @@ import statistics
 import time
 
 import llguidance
+import torch
 
 from bench.common import bench_model, percentile
 from engine.engine_config import EngineConfig
@@ -81,6 +82,8 @@ def run_batch(engine: LLMEngine, batch: list[Request]) -> dict:
 
 def run(argv: list[str]) -> dict:
     args = parse_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
     config = EngineConfig(max_num_seqs=max(args.batch, 1), device=args.device,
                           num_threads=args.num_threads)
     model, source = bench_model(device=config.torch_device, dtype=config.torch_dtype)

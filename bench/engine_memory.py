@@ -100,6 +100,7 @@ def run(argv: list[str]) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     load_before = list(os.getloadavg())
+    torch.set_num_threads(args.num_threads)
     model, source = bench_model()
     config = EngineConfig(device="cpu", max_num_seqs=args.conversations,
                           num_threads=args.num_threads,

@@ -117,6 +117,7 @@ async def http_throughput(url: str, streams: int, max_tokens: int) -> dict:
 
 ENGINE_SCRIPT = """
 import json, sys, time
+import torch
 from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.llm_engine import LLMEngine
 from engine.engine_config import EngineConfig
@@ -126,6 +127,7 @@ from engine.tokenizer import Tokenizer
 
 streams, max_tokens, max_num_seqs, threads = map(int, sys.argv[1:5])
 tok = Tokenizer.from_dir(DEFAULT_MODEL_DIR)
+torch.set_num_threads(threads)
 engine = LLMEngine.from_checkpoint(DEFAULT_MODEL_DIR, EngineConfig(
     max_num_seqs=max_num_seqs, max_num_batched_tokens=max(2048, 2 * max_num_seqs + 512),
     num_threads=threads), tok)

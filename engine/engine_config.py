@@ -24,7 +24,8 @@ class EngineConfig:
     # of 4 are.
     decode_buckets: tuple[int, ...] | None = None
     gpu_memory_utilization: float = 0.9  # share of free device memory the pool may take
-    num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+    # torch CPU threads of the thread that runs the steps (AsyncEngine's); None: torch's default
+    num_threads: int | None = None
     cpu_packed_linear: bool = True  # CPU: oneDNN prepacked linears, ~2x MKL sgemm at batch >= 8
     # torch.compile (inductor) of the decode step, one graph for every batch size (a row's
     # numbers must not depend on the batch), weights frozen (no packed copy): 10-40 s at

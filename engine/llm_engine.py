@@ -29,12 +29,11 @@ from engine.state_pool import StatePool
 
 class LLMEngine:
     """Synchronous core: add requests, call `step()` until `has_unfinished_requests()` is False.
-    Deterministic (no threads): tests and benchmarks drive it directly."""
+    Deterministic (no threads): tests and benchmarks drive it directly, on torch's threads as
+    their caller set them (`config.num_threads` is for `AsyncEngine`'s own thread)."""
 
     def __init__(self, model: RetNet, config: EngineConfig | None = None, tokenizer=None):
         self.config = config = config or EngineConfig()
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
         device, dtype = config.torch_device, config.torch_dtype
         if model.device != device or model.dtype != dtype:
             model = model.to(device=device, dtype=dtype)

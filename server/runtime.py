@@ -42,6 +42,8 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, metrics: ServerMetrics) -> Runtime:
         """Loads the model and opens the store (blocking: call it off the event loop)."""
+        if settings.num_threads:  # process-wide, at start-up (the engine thread sets its own)
+            torch.set_num_threads(settings.num_threads)
         tokenizer = Tokenizer.from_dir(settings.model)
         config = EngineConfig(
             max_num_seqs=settings.max_num_seqs, max_waiting=settings.max_waiting,

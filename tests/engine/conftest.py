@@ -36,6 +36,7 @@ def make_engine(tiny_model):
         settings = dict(device="cpu", max_num_seqs=16, max_num_batched_tokens=208,
                         decode_buckets=tuple(range(4, 65, 4)), num_threads=1)
         settings.update(overrides)
+        torch.set_num_threads(settings["num_threads"] or num_threads)
         return LLMEngine(tiny_model, EngineConfig(**settings))
 
     num_threads = torch.get_num_threads()

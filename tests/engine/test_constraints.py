@@ -57,6 +57,7 @@ def make_chat_engine(chat_model, chat_tokenizer):
     def make(**overrides):
         settings = dict(device="cpu", max_num_seqs=16, num_threads=1)
         settings.update(overrides)
+        torch.set_num_threads(settings["num_threads"])
         return LLMEngine(chat_model, EngineConfig(**settings), chat_tokenizer)
 
     yield make

@@ -31,6 +31,7 @@ def conv_model():
 @pytest.fixture
 def engine(conv_model):
     num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield LLMEngine(conv_model, EngineConfig(
         device="cpu", max_num_seqs=16, max_num_batched_tokens=208,
         decode_buckets=tuple(range(4, 65, 4)), num_threads=1))
