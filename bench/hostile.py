@@ -74,15 +74,20 @@ def _exchange(port: int, kind: str, parts: list[bytes], pause: float = 0.0,
     up), then read what it said."""
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        for i, part in enumerate(parts):
-            try:
-                sock.sendall(part)
-            except (BrokenPipeError, ConnectionResetError):
-                break  # the server refused before all of it arrived: read what it said
-            if pause and i < len(parts) - 1 and select.select([sock], [], [], pause)[0]:
-                break
-        status, body = _read_answer(sock)
+        status, body = _exchange_on(sock, parts, pause)
     return Outcome(kind, status, time.monotonic() - start, body)
+
+
+def _exchange_on(sock: socket.socket, parts: list[bytes], pause: float
+                 ) -> tuple[int | None, bytes]:
+    for i, part in enumerate(parts):
+        try:
+            sock.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            break  # the server refused before all of it arrived: read what it said
+        if pause and i < len(parts) - 1 and select.select([sock], [], [], pause)[0]:
+            break
+    return _read_answer(sock)
 
 
 def _send(port: int, kind: str, payload: bytes) -> Outcome:
@@ -171,6 +176,20 @@ def slow_loris_headers(port: int) -> Outcome:
     return _exchange(port, "slow_loris_headers", lines, pause=1.0)
 
 
+def slow_loris_after_a_request(port: int) -> Outcome:
+    """A kept-alive connection: one request answered, then the next one's headers trickled."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=BOUND_SECONDS + 5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: retserve\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            answer += sock.recv(65536)
+        outcome = _exchange_on(sock, [f"POST {CHAT} HTTP/1.1\r\n".encode()]
+                               + [b"X-Slow-%d: x\r\n" % i for i in range(30)], pause=1.0)
+    return Outcome("slow_loris_after_a_request", outcome[0], time.monotonic() - start,
+                   outcome[1])
+
+
 def slow_loris_body(port: int) -> Outcome:
     """Headers whole, the body promised and never finished."""
     body = json.dumps(_chat()).encode()
@@ -187,4 +206,4 @@ CASES: dict[str, Callable[[int], Outcome]] = {f.__name__: f for f in (
     body_10_mb, body_10_mb_chunked, deeply_nested_json, deeply_nested_schema, invalid_utf8,
     raw_nul_and_control_bytes, nul_in_a_header, ten_thousand_messages, max_tokens_2_pow_63,
     n_ten_thousand, unknown_content_part, ten_thousand_stop_strings, authorization_1_mb,
-    slow_loris_headers, slow_loris_body, silent_connection)}
+    slow_loris_headers, slow_loris_after_a_request, slow_loris_body, silent_connection)}

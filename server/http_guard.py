@@ -94,6 +94,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_head_timer()  # a pipelined head: its bound counts once this answer ends
+            return
         if self._is_reading_head:
             self.transport.write(_refusal(
                 408, b"Request Timeout",

@@ -67,16 +67,44 @@ def streamed(description: str) -> dict[int | str, dict[str, Any]]:
                   "content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 
 
+def _operation(path: str, method: str) -> str:
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+# what an answer's id opens next (OpenAPI links): a client, or a stateful fuzzer, can follow
+# a created response or a forked session to the operations on it
+LINKS = {
+    ("/v1/responses", "post"): {
+        f"{verb}Response{suffix}": {
+            "operationRef": _operation(f"/v1/responses/{{response_id}}{suffix_path}", method),
+            "parameters": {"response_id": "$response.body#/id"}}
+        for verb, method, suffix, suffix_path in (
+            ("Get", "get", "", ""), ("Delete", "delete", "", ""),
+            ("List", "get", "InputItems", "/input_items"))},
+    ("/v1/sessions/{session_id}/fork", "post"): {
+        f"{verb}Session{suffix}": {
+            "operationRef": _operation(f"/v1/sessions/{{session_id}}{suffix_path}", method),
+            "parameters": {"session_id": "$response.body#/id"}}
+        for verb, method, suffix, suffix_path in (
+            ("Get", "get", "", ""), ("Delete", "delete", "", ""),
+            ("Fork", "post", "Fork", "/fork"))},
+}
+
+
 def install_openapi(app: FastAPI) -> None:
-    """The app's schema without FastAPI's 422 validation answers (this server sends 400s)."""
+    """The app's schema without FastAPI's 422 validation answers (this server sends 400s),
+    with the links between operations."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version,
                                  description=app.description, routes=app.routes)
-            for path in schema.get("paths", {}).values():
+            paths = schema.get("paths", {})
+            for path in paths.values():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
+            for (path, method), links in LINKS.items():
+                paths[path][method]["responses"]["200"]["links"] = links
             components = schema.get("components", {}).get("schemas", {})
             for name in ("HTTPValidationError", "ValidationError"):
                 components.pop(name, None)

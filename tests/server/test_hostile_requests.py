@@ -19,6 +19,7 @@ EXPECTED = {
     "ten_thousand_messages": {400}, "max_tokens_2_pow_63": {400}, "n_ten_thousand": {400},
     "unknown_content_part": {400}, "ten_thousand_stop_strings": {400},
     "authorization_1_mb": {431, None}, "slow_loris_headers": {408, None},
+    "slow_loris_after_a_request": {408, None},
     "slow_loris_body": {408}, "silent_connection": {None},
 }
 
