@@ -147,12 +147,16 @@ def start_sessions(engine: LLMEngine, n: int, max_tokens: int, tag: str) -> None
         engine.step()
 
 
-def timed_steps(engine: LLMEngine, num_steps: int) -> list[float]:
+def timed_steps(engine: LLMEngine, num_steps: int, cpu_times: list[float] | None = None
+                ) -> list[float]:
+    """Wall seconds of each step; the calling thread's CPU seconds appended to cpu_times."""
     times = []
     for _ in range(num_steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         engine.step()  # ends with the sampled ids on the host: a device sync
         times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.thread_time() - cpu_start)
     return times
 
 
@@ -211,7 +215,8 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
         num_steps = max(8, args.steps * 16 // max(c, 16))
         start_sessions(engine, c, max_tokens=num_steps + 16, tag=f"c{c}")
         timed_steps(engine, 2)  # warm-up at this batch size
-        times = timed_steps(engine, num_steps)
+        cpu_times: list[float] = []
+        times = timed_steps(engine, num_steps, cpu_times)
         stop_sessions(engine)
         step = statistics.median(times)
         moved = weight_bytes + 2 * c * state_bytes
@@ -229,6 +234,10 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
             "compute_ms": 1e3 * c * flops_per_session / peak,
             "limit_ms": 1e3 * limit,
             "limit_fraction": limit / step,
+            # the step's CPU time on this thread: what a shared, loaded CPU machine still
+            # measures reliably (wall time there includes other processes' turns); CPU, 1 thread
+            "step_cpu_ms_p50": 1e3 * statistics.median(cpu_times),
+            "limit_fraction_cpu": limit / statistics.median(cpu_times),
         })
     base = rows[0]["tokens_per_s"] if rows[0]["sessions"] == 1 else None
     for row in rows:
@@ -308,6 +317,8 @@ def run(argv: list[str]) -> dict:
         "target_limit_fraction_1": 0.3,
         "limit_fraction_64": at_64.get("limit_fraction"),
         "target_limit_fraction_64": 0.6,
+        "limit_fraction_cpu_1": at_1.get("limit_fraction_cpu"),
+        "limit_fraction_cpu_64": at_64.get("limit_fraction_cpu"),
         **result.get("torchscale", {}).get("summary", {}),
     }
     return result

@@ -61,9 +61,10 @@ def torchscale_decoder() -> nn.Module | None:
     return RetNetDecoder(RetNetConfig(**SHAPE), embed_tokens=embed).eval()
 
 
-def torchscale_tokens_per_s(decoder: nn.Module, batch: int, num_steps: int) -> tuple[float, list]:
-    """Incremental decoding from a prompt fed token by token; tokens/s of the timed steps and
-    row 0's greedy tokens."""
+def torchscale_tokens_per_s(decoder: nn.Module, batch: int, num_steps: int
+                            ) -> tuple[float, float, list]:
+    """Incremental decoding from a prompt fed token by token; tokens per wall and per CPU
+    second of the timed steps, and row 0's greedy tokens."""
     rng = random.Random(0)
     tokens = torch.tensor([[rng.randrange(SHAPE["vocab_size"]) for _ in range(PROMPT_LEN)]]
                           * batch)
@@ -71,20 +72,22 @@ def torchscale_tokens_per_s(decoder: nn.Module, batch: int, num_steps: int) -> t
     with torch.inference_mode():
         for t in range(1, PROMPT_LEN + 1):
             logits, _ = decoder(tokens[:, :t], incremental_state=state)
-        times = []
+        times, cpu = [], []
         for _ in range(num_steps + 2):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
             logits, _ = decoder(tokens, incremental_state=state)
             times.append(time.perf_counter() - start)
-    times = times[2:]
-    return batch * len(times) / sum(times), tokens[0, PROMPT_LEN:].tolist()
+            cpu.append(time.thread_time() - cpu_start)
+    times, cpu = times[2:], cpu[2:]
+    return (batch * len(times) / sum(times), batch * len(cpu) / sum(cpu),
+            tokens[0, PROMPT_LEN:].tolist())
 
 
 def retserve_tokens_per_s(model: RetNet, sessions: int, num_steps: int,
-                          num_threads: int | None) -> tuple[float, list]:
-    """Sessions at mixed history lengths (16 + 8 i tokens); tokens/s of pure decode steps and
-    session 0's greedy tokens."""
+                          num_threads: int | None) -> tuple[float, float, list]:
+    """Sessions at mixed history lengths (16 + 8 i tokens); tokens per wall and per CPU second
+    of pure decode steps, and session 0's greedy tokens."""
     engine = LLMEngine(model, EngineConfig(device="cpu", max_num_seqs=max(sessions, 1),
                                            max_num_batched_tokens=2048, num_threads=num_threads))
     rng = random.Random(0)
@@ -96,17 +99,18 @@ def retserve_tokens_per_s(model: RetNet, sessions: int, num_steps: int,
                                        for _ in range(PROMPT_LEN + 8 * i)]
         engine.add_request(Request(f"s{i}", prompt, params))
     tokens: list[int] = []
-    times = []
+    times, cpu = [], []
     while engine.has_unfinished_requests() and len(times) < num_steps + 2:
         is_decoding = engine.pool.num_decoding == sessions and not engine.num_waiting
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         outputs = engine.step()
         if is_decoding:
             times.append(time.perf_counter() - start)
+            cpu.append(time.thread_time() - cpu_start)
         tokens += [t for o in outputs if o.request_id == "s0" for t in o.token_ids]
     engine.abort_all()
-    times = times[2:]
-    return sessions * len(times) / sum(times), tokens
+    times, cpu = times[2:], cpu[2:]
+    return sessions * len(times) / sum(times), sessions * len(cpu) / sum(cpu), tokens
 
 
 def side_by_side(num_threads: int | None, num_steps: int = 32) -> dict:
@@ -122,15 +126,19 @@ def side_by_side(num_threads: int | None, num_steps: int = 32) -> dict:
     model = model.eval().requires_grad_(False)
     rows, summary = [], {}
     for batch in TARGETS:
-        theirs, their_tokens = torchscale_tokens_per_s(decoder, batch, num_steps)
-        ours, our_tokens = retserve_tokens_per_s(model, batch, num_steps, num_threads)
+        theirs, theirs_cpu, their_tokens = torchscale_tokens_per_s(decoder, batch, num_steps)
+        ours, ours_cpu, our_tokens = retserve_tokens_per_s(model, batch, num_steps, num_threads)
         same = sum(a == b for a, b in zip(their_tokens, our_tokens, strict=False))
         rows.append({"sessions": batch, "torchscale_tokens_per_s": theirs,
                      "retserve_tokens_per_s": ours, "ratio": ours / theirs,
+                     # per CPU second of the stepping thread (one thread: robust to load)
+                     "torchscale_tokens_per_cpu_s": theirs_cpu,
+                     "retserve_tokens_per_cpu_s": ours_cpu, "ratio_cpu": ours_cpu / theirs_cpu,
                      "target_ratio": TARGETS[batch],
                      # greedy tokens of the first row, equal up to fp32 rounding flips
                      "same_greedy_tokens": f"{same}/{min(len(their_tokens), len(our_tokens))}"})
         summary[f"retserve_vs_torchscale_{batch}"] = ours / theirs
+        summary[f"retserve_vs_torchscale_cpu_{batch}"] = ours_cpu / theirs_cpu
         summary[f"target_retserve_vs_torchscale_{batch}"] = TARGETS[batch]
     return {"shape": SHAPE, "torchscale": "0.3.0 RetNetDecoder, incremental_state (recurrent), "
                                           "all rows at one length",
