@@ -160,6 +160,21 @@ def timed_steps(engine: LLMEngine, num_steps: int, cpu_times: list[float] | None
     return times
 
 
+def model_step_cpu_seconds(engine: LLMEngine, sessions: int, num_steps: int) -> float:
+    """p50 CPU seconds of the model's decode step alone on the running sessions' pool rows:
+    the engine step minus this is the engine's own work (scheduling, sampling, outputs)."""
+    rows = engine.pool.decode_batch(sessions)
+    ids = torch.zeros(sessions, dtype=torch.long, device=rows.kv.device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(num_steps):
+            start = time.thread_time()
+            engine.runner.decode_step(ids, rows.kv, rows.num_tokens, rows.conv)
+            sync(rows.kv.device)
+            times.append(time.thread_time() - start)
+    return statistics.median(times)
+
+
 def stop_sessions(engine: LLMEngine) -> None:
     engine.abort_all()
 
@@ -217,6 +232,7 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
         timed_steps(engine, 2)  # warm-up at this batch size
         cpu_times: list[float] = []
         times = timed_steps(engine, num_steps, cpu_times)
+        model_cpu = model_step_cpu_seconds(engine, c, num_steps)
         stop_sessions(engine)
         step = statistics.median(times)
         moved = weight_bytes + 2 * c * state_bytes
@@ -238,6 +254,8 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
             # measures reliably (wall time there includes other processes' turns); CPU, 1 thread
             "step_cpu_ms_p50": 1e3 * statistics.median(cpu_times),
             "limit_fraction_cpu": limit / statistics.median(cpu_times),
+            "model_step_cpu_ms_p50": 1e3 * model_cpu,
+            "engine_overhead_cpu_ms": 1e3 * (statistics.median(cpu_times) - model_cpu),
         })
     base = rows[0]["tokens_per_s"] if rows[0]["sessions"] == 1 else None
     for row in rows:
