@@ -21,7 +21,9 @@ def test_faults_under_load_lose_no_request_and_store_no_wrong_state(start_server
                 for _ in range(2)]
     for replica in replicas:
         replica.wait_healthy()
-    run = FaultRun(redis, replicas, num_clients=32, turns_after=2, pause=1.5, think=4.0)
+    # clients read for 8 s between turns: every record is recomputed afterwards, so fewer
+    # turns keep the test near a minute (make fuzz runs 1 s)
+    run = FaultRun(redis, replicas, num_clients=32, turns_after=2, pause=1.0, think=8.0)
     report = asyncio.run(run.run())
     verify_records(report, redis.url, namespace, run.conversations, replicas[0].url)
     summary = report.summary()
@@ -30,7 +32,7 @@ def test_faults_under_load_lose_no_request_and_store_no_wrong_state(start_server
         "redis SIGKILL", "redis restart", "replica 0 SIGTERM (drains)", "replica 0 restart",
         "replica 1 SIGKILL", "replica 1 restart"]
     assert summary["lost"] == 0, summary
-    assert report.completed > 3 * 32, summary
+    assert report.completed > 2 * 32, summary
     assert report.conversations_continued == 32, summary
     assert report.records_refused == 0 and report.records_wrong == 0, summary
     assert report.records_verified >= 32, summary
