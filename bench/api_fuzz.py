@@ -23,6 +23,7 @@ from bench.server_process import MODEL_NAME, REPO
 FUZZ_SETTINGS = {"max_output_tokens": 8, "default_max_tokens": 8, "max_n": 2,
                  "max_prompt_tokens": 512}
 FUZZ_SESSION = "fuzz-session"
+FUZZ_API_KEY = "fuzz-key"
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_headers_conformance", "response_schema_conformance", "openai_error_shape")
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
@@ -51,9 +52,10 @@ class ApiFuzzResult:
                 "by_operation": self.requests_by_operation}
 
 
-def make_known_ids(url: str) -> dict[str, str]:
+def make_known_ids(url: str, api_key: str | None = None) -> dict[str, str]:
     """A session and a stored response for the fuzzed path ids to find."""
-    with httpx.Client(base_url=url, timeout=60.0) as http:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url, timeout=60.0, headers=headers) as http:
         chat = http.post("/v1/chat/completions", headers={"X-Session-Id": FUZZ_SESSION},
                          json={"model": MODEL_NAME, "max_tokens": 4,
                                "messages": [{"role": "user", "content": "Hello"}]})
@@ -67,10 +69,13 @@ def make_known_ids(url: str) -> dict[str, str]:
 
 def run_api_fuzz(url: str, report_dir: Path, max_examples: int, seed: int | None = None,
                  phases: str = "examples,coverage,fuzzing", timeout: float = 600.0,
-                 request_timeout: float = 30.0) -> ApiFuzzResult:
+                 request_timeout: float = 30.0, api_key: str | None = None) -> ApiFuzzResult:
+    """`api_key`: the server's key, when it has keys (most requests then carry it)."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **make_known_ids(url), "SCHEMATHESIS_HOOKS": "bench.fuzz_hooks",
+    env = {**os.environ, **make_known_ids(url, api_key), "SCHEMATHESIS_HOOKS": "bench.fuzz_hooks",
            "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
+    if api_key:
+        env["RETSERVE_FUZZ_API_KEY"] = api_key
     cmd = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", ",".join(CHECKS),
            "--max-examples", str(max_examples), "--phases", phases, "--workers", "1",
            "--request-timeout", str(request_timeout), "--continue-on-failure",

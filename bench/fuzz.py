@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.api_fuzz import FUZZ_SETTINGS, run_api_fuzz
+from bench.api_fuzz import FUZZ_API_KEY, FUZZ_SETTINGS, run_api_fuzz
 from bench.faults import FaultRun, verify_records
 from bench.hostile import BOUND_SECONDS, CASES, HOSTILE_SETTINGS
 from bench.record_fuzz import run_record_fuzz
@@ -42,11 +42,12 @@ def _is_healthy(server: ServerProcess) -> bool:
 
 
 def run_api(workdir: Path, max_examples: int, seed: int | None) -> dict:
-    server = ServerProcess(workdir / "api-server", store_url="memory://", **FUZZ_SETTINGS)
+    server = ServerProcess(workdir / "api-server", store_url="memory://",
+                           api_keys=FUZZ_API_KEY, **FUZZ_SETTINGS)
     server.start()
     try:
         result = run_api_fuzz(server.url, workdir / "api-report", max_examples, seed,
-                              timeout=3600)
+                              timeout=3600, api_key=FUZZ_API_KEY)
         healthy = _is_healthy(server)
     finally:
         server.kill()

@@ -2,10 +2,11 @@
 
 Generated bodies name a random model, so alone they would all end at the 404 for an unknown
 model and never reach a turn: three bodies in four that name a model (a string) are steered to
-the served one with token counts within the server's limits, and half the path ids to a session
-and a response made before the run; the choice is a hash of the case, so a seed replays it. The
-rest stay as generated. One check is added to the standard ones: every 4xx is OpenAI's error
-shape.
+the served one with token counts within the server's limits, half the path ids to a session
+and a response made before the run, and, when the server has API keys, three requests in four
+carry the right one; the choice is a hash of the case, so a seed replays it. The rest stay as
+generated (a generated Authorization header is a 401). One check is added to the standard
+ones: every 4xx is OpenAI's error shape.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ MODEL = os.environ.get("RETSERVE_FUZZ_MODEL", "retnet-tiny-chat")
 KNOWN_IDS = {"session_id": os.environ.get("RETSERVE_FUZZ_SESSION", ""),
              "response_id": os.environ.get("RETSERVE_FUZZ_RESPONSE", ""),
              "model_id": MODEL}
+API_KEY = os.environ.get("RETSERVE_FUZZ_API_KEY")
 # at most what the fuzzed server allows (bench/api_fuzz starts it with these limits)
 MAX_TOKENS, MAX_N = 8, 2
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -54,6 +56,9 @@ def map_case(context, case):
     case.body = _steer_body(case.body)
     if case.path_parameters:
         case.path_parameters = _steer_ids(case.path_parameters)
+    if API_KEY and not _share([case.method, case.path, case.path_parameters, case.headers,
+                               case.body, case.query], 4):
+        case.headers = {**(case.headers or {}), "authorization": f"Bearer {API_KEY}"}
     return case
 
 

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from bench.api_fuzz import FUZZ_SETTINGS, run_api_fuzz
+from bench.api_fuzz import FUZZ_API_KEY, FUZZ_SETTINGS, run_api_fuzz
 
 OPERATIONS = {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses",
               "GET /v1/responses/{response_id}", "DELETE /v1/responses/{response_id}",
@@ -19,16 +19,17 @@ OPERATIONS = {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/res
 
 
 def test_every_operation_answers_fuzzed_requests_as_its_schema_says(start_server, tmp_path):
-    server = start_server(store_url="memory://", **FUZZ_SETTINGS)
+    server = start_server(store_url="memory://", api_keys=FUZZ_API_KEY, **FUZZ_SETTINGS)
     started = time.monotonic()
     result = run_api_fuzz(server.url, tmp_path / "fuzz", max_examples=25, seed=14,
-                          timeout=120)
+                          timeout=120, api_key=FUZZ_API_KEY)
     assert result.is_clean, result.output[-6000:]
     assert set(result.requests_by_operation) == OPERATIONS
     # the steered half reaches real turns, not only refusals
     for operation in ("POST /v1/chat/completions", "POST /v1/completions",
                       "POST /v1/responses", "GET /v1/sessions/{session_id}"):
         assert result.requests_by_operation[operation].get("200", 0) > 0, operation
+        assert result.requests_by_operation[operation].get("401", 0) > 0, operation
     assert result.num_requests > 1000
     assert time.monotonic() - started < 60
     assert httpx.get(f"{server.url}/health").status_code == 200
