@@ -32,6 +32,7 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._is_stopped = False
+        self._held: dict[str, RequestOutput] = {}  # engine thread: outputs not yet delivered
 
     @classmethod
     def from_model(cls, model: RetNet, config: EngineConfig | None = None,
@@ -127,9 +128,10 @@ class AsyncEngine:
                 self._wakeup.wait()
                 continue
             try:
-                delivered += self.engine.step()
+                delivered += self._hold_back(self.engine.step())
             except Exception as e:  # a bug or device error: fail what is running, keep serving
                 logger.exception("engine step failed")
+                self._held.clear()
                 delivered += [(output.request_id, e) for output in self.engine.abort_all()]
             if delivered:
                 self._deliver(delivered)
@@ -147,9 +149,28 @@ class AsyncEngine:
                 except (EngineOverloaded, InvalidRequestError) as e:
                     delivered.append((payload.request_id, e))
             else:
+                held = self._held.pop(payload, None)
                 output = self.engine.abort_request(payload)
                 if output is not None:
-                    delivered.append(output)
+                    delivered.append(output if held is None else held.merged(output))
+
+    def _hold_back(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
+        """With a stream interval, a running request's tokens after its first are joined into
+        one output per `stream_interval` of them; a finished one takes what was held."""
+        interval = self.engine.config.stream_interval
+        if interval == 1 and not self._held:
+            return outputs
+        ready = []
+        for output in outputs:
+            held = self._held.pop(output.request_id, None)
+            if held is not None:
+                output = held.merged(output)
+            is_first = output.num_generated_tokens == len(output.token_ids)
+            if output.finished or is_first or len(output.token_ids) >= interval:
+                ready.append(output)
+            else:
+                self._held[output.request_id] = output
+        return ready
 
     def _deliver(self, items: list) -> None:
         try:

@@ -38,6 +38,9 @@ class EngineConfig:
     # one step of latency); "decode" feeds one per decode step, riding the batch (no extra call,
     # a step per token). See `retserve bench constraints`.
     forced_tokens: str = "prefill"
+    # AsyncEngine: tokens per output a stream receives after its first (always at once): above
+    # 1, the serving thread handles one output per that many steps (vLLM's stream_interval)
+    stream_interval: int = 1
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_waiting < 0:
@@ -47,6 +50,8 @@ class EngineConfig:
         if self.max_num_batched_tokens <= self.max_num_seqs:
             raise ValueError("max_num_batched_tokens must exceed max_num_seqs "
                              "(every running sequence decodes one token per step)")
+        if self.stream_interval < 1:
+            raise ValueError("stream_interval must be >= 1")
         if self.forced_tokens not in ("prefill", "decode"):
             raise ValueError('forced_tokens must be "prefill" or "decode"')
         if self.dtype is not None and self.dtype not in DTYPES:

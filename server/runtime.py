@@ -48,7 +48,8 @@ class Runtime:
         config = EngineConfig(
             max_num_seqs=settings.max_num_seqs, max_waiting=settings.max_waiting,
             max_num_batched_tokens=max(2048, 2 * settings.max_num_seqs + 512),
-            device=settings.device, dtype=settings.dtype, num_threads=settings.num_threads)
+            device=settings.device, dtype=settings.dtype, num_threads=settings.num_threads,
+            stream_interval=settings.stream_interval)
         engine = AsyncEngine(LLMEngine.from_checkpoint(settings.model, config, tokenizer))
         store = open_store(settings.resolved_store_url, default_ttl=settings.state_ttl,
                            timeout=settings.store_timeout)

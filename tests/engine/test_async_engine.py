@@ -87,6 +87,29 @@ async def test_a_consumer_that_falls_behind_gets_what_piled_up_as_one_output(mak
     assert all(o.finish_reason is None for o in slow[:-1])
 
 
+async def test_a_stream_interval_joins_tokens_after_the_first(make_async):
+    every, joined = make_async(), make_async(stream_interval=4)
+    params = SamplingParams(temperature=0.8, seed=5, max_tokens=23, ignore_eos=True,
+                            logprobs=1)
+    ids = prompt(2, 30)
+    one = await collect(every, Request("a", ids, params))
+    four = await collect(joined, Request("a", ids, params))
+    # the first token is never held back (a busy consumer may join the next four to it)
+    assert len(four[0].token_ids) % 4 == 1
+    assert all(len(o.token_ids) >= 4 for o in four[1:-1]) and len(four) <= 1 + 22 // 4 + 1
+    for field in ("token_ids", "text", "logprobs"):
+        assert [x for o in four for x in getattr(o, field)] == \
+            [x for o in one for x in getattr(o, field)], field
+    # a stream closed while tokens are held back leaves nothing behind
+    async with aclosing(joined.generate(Request("b", ids, SamplingParams(
+            max_tokens=10_000, ignore_eos=True)))) as stream:
+        async for output in stream:
+            if output.num_generated_tokens >= 6:
+                break
+    await wait_until(lambda: joined.stats().num_slots_used == 0 and not joined._held)
+    assert joined.num_streams == 0
+
+
 async def test_concurrent_requests_match_one_at_a_time(make_async):
     engine = make_async()
     rng = random.Random(5)
