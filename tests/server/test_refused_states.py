@@ -83,27 +83,30 @@ def conversation(tmp_path_factory, redis_url, namespace):
 
     server = ServerProcess(tmp_path_factory.mktemp("refused"), store_url=redis_url,
                            store_namespace=namespace, hot_cache_mb=0).start()
-    client = server.client()
-    first = [user(unique("My boat is called Siri."))]
-    reply = client.chat.completions.create(messages=first, **GREEDY)
-    told = [*first, {"role": "assistant", "content": reply.choices[0].message.content}]
-    fingerprint = httpx.get(f"{server.url}/version").json()["model_fingerprint"]
+    try:
+        client = server.client()
+        first = [user(unique("My boat is called Siri."))]
+        reply = client.chat.completions.create(messages=first, **GREEDY)
+        told = [*first, {"role": "assistant", "content": reply.choices[0].message.content}]
+        fingerprint = httpx.get(f"{server.url}/version").json()["model_fingerprint"]
 
-    def store(work):
-        return in_store(redis_url, namespace, fingerprint, work)
+        def store(work):
+            return in_store(redis_url, namespace, fingerprint, work)
 
-    async def take(s: ConversationStore):
-        found = await s.lookup(ANONYMOUS_TENANT, told)
-        key = record_key(namespace, ANONYMOUS_TENANT, s.content_keys(ANONYMOUS_TENANT, told)[-1])
-        assert await s.store.delete(key)
-        return found[1]
+        async def take(s: ConversationStore):
+            found = await s.lookup(ANONYMOUS_TENANT, told)
+            content_key = s.content_keys(ANONYMOUS_TENANT, told)[-1]
+            key = record_key(namespace, ANONYMOUS_TENANT, content_key)
+            assert await s.store.delete(key)
+            return found[1]
 
-    record = store(take)
-    following = [*told, user("What is my boat called?")]
-    missed = client.chat.completions.create(messages=following, **GREEDY)
-    assert missed.usage.prompt_tokens_details.cached_tokens == 0
-    yield server, store, told, record, following, missed.choices[0].message.content
-    server.kill()
+        record = store(take)
+        following = [*told, user("What is my boat called?")]
+        missed = client.chat.completions.create(messages=following, **GREEDY)
+        assert missed.usage.prompt_tokens_details.cached_tokens == 0
+        yield server, store, told, record, following, missed.choices[0].message.content
+    finally:
+        server.kill()
 
 
 @pytest.mark.parametrize("poison", list(POISONS))
