@@ -1,4 +1,4 @@
-"""The redis-server helper tests use (it lives with the benchmarks, which use it too)."""
+"""Private redis-server processes for tests (the class lives with the benchmarks)."""
 
 from bench.redis_process import RedisServer, free_cluster_port, free_port, redis_answers
 
