@@ -4,13 +4,15 @@
    (256 .. 32k tokens of earlier turns), on a server that reuses stored states and on one with
    reuse switched off (every turn prefills its whole conversation). Both servers run the shipped
    model on the same store; the reusing one has no in-process cache, so each turn reads its
-   state back from the store. The client resends the whole history, as an OpenAI client does.
+   state back from the store. The client resends the whole history, as an OpenAI client does;
+   a third series names a session instead (`session_id`: the new question alone is sent).
 2. Streamed tokens/s through HTTP at N concurrent streams against the engine alone (LLMEngine
    in a process of its own) at the same concurrency and lengths.
 
-Summary: ttft_ratio_32k_vs_256_reuse (target <= 1.3), ttft_ratio_32k_vs_256_no_reuse,
-http_vs_engine_tps (target >= 0.9; streamed token by token), and the same at the other stream
-intervals asked for (a chunk per that many tokens after the first).
+Summary: ttft_ratio_32k_vs_256_reuse (target <= 1.3), ttft_ratio_32k_vs_256_session,
+ttft_ratio_32k_vs_256_no_reuse, http_vs_engine_tps (target >= 0.9; streamed token by token),
+and the same at the other stream intervals asked for (a chunk per that many tokens after the
+first).
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ def history_of(tokenizer: Tokenizer, num_tokens: int) -> list[dict]:
     return messages
 
 
-async def first_token_seconds(client: httpx.AsyncClient, messages: list[dict]) -> float:
+async def first_token_seconds(client: httpx.AsyncClient, messages: list[dict],
+                              session_id: str | None = None) -> float:
     body = {"model": MODEL_NAME, "messages": messages, "max_tokens": 4, "temperature": 0.0,
             "stream": True}
+    if session_id is not None:
+        body["session_id"] = session_id
     start = time.perf_counter()
     elapsed = None
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -68,24 +73,28 @@ async def first_token_seconds(client: httpx.AsyncClient, messages: list[dict]) -
     return elapsed
 
 
-async def ttft_series(url: str, tokenizer: Tokenizer, lengths: list[int], repeats: int
-                      ) -> dict[int, dict]:
-    """Per history length: the follow-up turn's TTFT (median of `repeats` questions)."""
+async def ttft_series(url: str, tokenizer: Tokenizer, lengths: list[int], repeats: int,
+                      session: bool = False) -> dict[int, dict]:
+    """Per history length: the follow-up turn's TTFT (median of `repeats` questions). The
+    client resends the whole history, or with `session` names a session holding it and sends
+    the new question alone."""
     out = {}
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         for length in lengths:
             history = history_of(tokenizer, length)
             # the turn that makes the history: its reply is the model's own, stored by the
             # reusing server
+            session_id = f"bench-{length}-{time.time_ns()}" if session else None
             body = {"model": MODEL_NAME, "messages": history[:-1], "max_tokens": 4,
-                    "temperature": 0.0}
+                    "temperature": 0.0, "session_id": session_id}
             made = (await client.post("/v1/chat/completions", json=body)).json()
             history[-1] = {"role": "assistant",
                            "content": made["choices"][0]["message"]["content"]}
             times = []
             for r in range(repeats):
                 question = {"role": "user", "content": f"What is my colour? ({r})"}
-                times.append(await first_token_seconds(client, [*history, question]))
+                messages = [question] if session else [*history, question]
+                times.append(await first_token_seconds(client, messages, session_id))
             out[length] = {"history_tokens": len(tokenizer.encode_chat(history, False)),
                            "ttft_ms_p50": round(statistics.median(times) * 1000, 2),
                            "ttft_ms_all": [round(t * 1000, 2) for t in times]}
@@ -194,6 +203,8 @@ def run(argv: list[str]) -> dict:
                 try:
                     result["ttft_reuse"] = asyncio.run(
                         ttft_series(reuse.url, tokenizer, lengths, args.repeats))
+                    result["ttft_session"] = asyncio.run(
+                        ttft_series(reuse.url, tokenizer, lengths, args.repeats, session=True))
                     result["ttft_no_reuse"] = asyncio.run(
                         ttft_series(plain.url, tokenizer, lengths, args.repeats))
                 finally:
@@ -216,7 +227,7 @@ def run(argv: list[str]) -> dict:
     summary = {}
     if not args.skip_ttft:
         first, last = lengths[0], lengths[-1]
-        for name in ("reuse", "no_reuse"):
+        for name in ("reuse", "session", "no_reuse"):
             series = result[f"ttft_{name}"]
             summary[f"ttft_ratio_{last // 1024}k_vs_{first}_{name}"] = round(
                 series[last]["ttft_ms_p50"] / series[first]["ttft_ms_p50"], 3)

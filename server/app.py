@@ -5,6 +5,7 @@ model in a thread and returns at once, so /health can answer 503 while it loads;
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -79,5 +80,10 @@ async def _load(app: FastAPI, settings: Settings, lifecycle: Lifecycle,
         logger.exception("the model failed to load")
         lifecycle.phase, lifecycle.failure = Lifecycle.FAILED, f"{type(e).__name__}: {e}"
         return
+    # what loading made lives as long as the process: out of the collector's sight, so the
+    # collections a request's many small objects trigger (a long history is thousands of
+    # messages) do not walk it every time
+    gc.collect()
+    gc.freeze()
     if not lifecycle.is_draining:
         lifecycle.phase = Lifecycle.READY

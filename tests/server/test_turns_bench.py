@@ -13,6 +13,8 @@ def test_bench_turns_reuses_states_and_streams_every_token():
     for interval in (1, 4):
         assert result["http"][interval]["tokens"] == 3 * 9
     assert result["engine"]["tokens"] == 3 * 9
-    assert set(result["summary"]) == {"ttft_ratio_0k_vs_64_reuse",
+    session = result["ttft_session"]
+    assert session[512]["history_tokens"] == reuse[512]["history_tokens"]
+    assert set(result["summary"]) == {"ttft_ratio_0k_vs_64_reuse", "ttft_ratio_0k_vs_64_session",
                                       "ttft_ratio_0k_vs_64_no_reuse", "http_vs_engine_tps",
                                       "http_vs_engine_tps_stream_interval_4"}
