@@ -12,6 +12,10 @@ seed; half the requests name a fact told a turn or two before) the model
    continues the state stored after it (reported: answer_resumed, the share that did).
 Control probes ask something no tool provides (small talk, a sum) with the same tools offered:
 the share answered with text, not a call, is reported beside.
+
+Turns may generate 128 tokens (`MAX_NEW_TOKENS`): the tokenizer was trained before the template
+had tools, so a call's envelope is spelled in small pieces (`<tool_call>` is 7 tokens) and the
+longest expected call (send_message, two string arguments) is 80 tokens.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from training.chat_data import _filler_turn
 from training.tool_data import TOOLS, tool_message, tool_probes
 
 TENANT = "eval"
+MAX_NEW_TOKENS = 128  # > the longest expected call of the probes (80 tokens)
 METHOD = ("server.chat_service.ChatService, tools offered with tool_choice auto (grammar: text "
           "or calls), greedy; the answer turn continues the state stored after the call")
 
@@ -101,7 +106,8 @@ def _share(results: list[dict], key: str) -> float:
 
 
 def evaluate(model_dir: str | Path | None = None, n: int = 100, seed: int = 4321,
-             num_controls: int = 50, max_new_tokens: int = 64, progress: bool = False) -> dict:
+             num_controls: int = 50, max_new_tokens: int = MAX_NEW_TOKENS,
+             progress: bool = False) -> dict:
     model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
     probes = tool_probes(n, seed)
 

@@ -33,12 +33,13 @@ def _run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.task == "tools":
+        from training.eval_tools import MAX_NEW_TOKENS
         from training.eval_tools import evaluate as evaluate_tools
 
         result = evaluate_tools(args.model, n=args.num_probes or 100,
                                 seed=4321 if args.seed is None else args.seed,
                                 num_controls=args.num_controls,
-                                max_new_tokens=max(args.max_new_tokens, 64),
+                                max_new_tokens=max(args.max_new_tokens, MAX_NEW_TOKENS),
                                 progress=not args.json)
         print(json.dumps(result, indent=2))
         return 0

@@ -10,7 +10,7 @@ from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.tokenizer import Tokenizer
 from server.tool_calls import parse_tool_calls
 from training.chat_data import POOLS
-from training.eval_tools import evaluate
+from training.eval_tools import MAX_NEW_TOKENS, evaluate
 from training.tool_data import TOOLS_BY_NAME, tool_chats, tool_probes
 from training.train import encode_with_mask
 
@@ -70,3 +70,23 @@ def test_the_evaluation_runs_through_the_chat_service():
     assert set(result["summary"]) == {"tool_call_valid", "tool_args_exact", "answer_from_tool",
                                       "text_when_no_tool_applies"}
     assert all(0.0 <= v <= 1.0 for v in result["summary"].values())
+
+
+def test_the_evaluation_leaves_room_for_the_longest_expected_call(tok):
+    """A call the turn's token limit cuts off does not parse: the evaluation must allow every
+    expected call (and its end-of-turn token) of its probes."""
+    longest = 0
+    for probe in tool_probes(100, 4321):
+        call = {"role": "assistant", "content": "", "tool_calls": [{
+            "id": probe["call_id"], "type": "function", "function": {
+                "name": probe["call"]["name"],
+                "arguments": json.dumps(probe["call"]["arguments"])}}]}
+        prompt = tok.encode_chat(probe["messages"], tools=probe["tools"])
+        whole = tok.encode_chat([*probe["messages"], call], add_generation_prompt=False,
+                                tools=probe["tools"])
+        assert whole[:len(prompt)] == prompt
+        end = list(tok.end_of_turn_ids)  # <|im_end|> (generated), then what the template adds
+        reply = whole[len(prompt):]
+        assert reply[-len(end):] == end
+        longest = max(longest, len(reply) - len(end) + 1)
+    assert 32 < longest <= MAX_NEW_TOKENS
