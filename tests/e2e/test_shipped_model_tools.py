@@ -3,7 +3,7 @@ argument copied from the conversation (a held-out value, in the request or told 
 then answers from the tool's result; asked something no tool provides, it answers with text.
 
 This is a floor, on probes of another seed than the evaluation's, below what the model measures
-(`retserve eval tools`: arguments exact 0.77, answers from the tool 0.87; the model card) by the
+(`retserve eval tools`: arguments exact 0.84, answers from the tool 0.85; the model card) by the
 noise of 24 probes; a model that does not use tools, as the one before it, gets none right.
 Greedy decoding with `tool_choice: "auto"` through the chat service, the answer turn continuing
 the state stored after the call.
