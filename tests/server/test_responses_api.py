@@ -133,10 +133,20 @@ def test_streamed_events_are_openais_sequence_and_add_up_to_the_stored_response(
 
 
 def test_the_stream_helper_reassembles_the_response(client):
-    with client.responses.stream(input=unique("Say hello."), **GREEDY) as stream:
+    # room for the whole reply: the helper needs response.completed, and a reply cut by
+    # max_output_tokens ends with response.incomplete, as OpenAI's does
+    whole = {**GREEDY, "max_output_tokens": 256}
+    with client.responses.stream(input=unique("Say hello."), **whole) as stream:
         texts = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
-    assert "".join(texts) == final.output_text
+    assert final.status == "completed" and "".join(texts) == final.output_text
+
+
+def test_a_stream_cut_by_max_output_tokens_ends_incomplete(client):
+    events = list(client.responses.create(input=unique("Tell me a long story."), stream=True,
+                                          **{**GREEDY, "max_output_tokens": 2}))
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"
 
 
 def test_a_response_made_with_store_false_cannot_be_retrieved_or_continued(client):
