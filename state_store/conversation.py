@@ -16,15 +16,14 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from state_store import keys
 from state_store.base import StateStore
-from state_store.codec import decode_record, encode_record
-from state_store.errors import ConflictError, MalformedRecord, RecordError, TenantMismatch
+from state_store.errors import ConflictError, MalformedRecord, RecordError
 from state_store.hot_cache import HotCache
 from state_store.record import StateRecord
+from state_store.record_io import read_record, record_bytes
 
 Messages = Sequence[Mapping]
 # encoding/decoding a record costs ~1 ms per 20 MB of copying and hashing, all GIL-free: above
 # this size it runs on a thread so the event loop keeps streaming tokens meanwhile
-OFFLOAD_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -67,10 +66,7 @@ class ConversationStore:
         record = replace(record, tenant=tenant, created_at=record.created_at or now,
                          updated_at=now)
         key = keys.record_key(self.namespace, tenant, content_key)
-        if record.num_bytes > OFFLOAD_BYTES:
-            data = await asyncio.to_thread(encode_record, record)
-        else:
-            data = encode_record(record)
+        data = await record_bytes(record)
         await self.store.put(key, data, ttl=self.ttl)
         if self.hot_cache is not None:
             self.hot_cache.put(key, record)
@@ -103,16 +99,7 @@ class ConversationStore:
         data = await self.store.get(key)
         if data is None:
             return None
-        try:
-            if len(data) > OFFLOAD_BYTES:
-                rec = await asyncio.to_thread(decode_record, data, self.model_fingerprint)
-            else:
-                rec = decode_record(data, self.model_fingerprint)
-            if rec.tenant != tenant:
-                raise TenantMismatch("record was written for another tenant")
-        except RecordError as e:
-            self.stats.refuse(e.reason)
-            raise
+        rec = await read_record(data, tenant, self.model_fingerprint, self.stats)
         if self.hot_cache is not None:
             self.hot_cache.put(key, rec)
         return rec

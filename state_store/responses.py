@@ -20,7 +20,6 @@ so a delete on one replica is seen by all; the state may come from the hot cache
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
@@ -29,13 +28,12 @@ from dataclasses import dataclass, replace
 
 from state_store import keys
 from state_store.base import StateStore
-from state_store.codec import decode_record, encode_record
-from state_store.errors import ConflictError, MalformedRecord, RecordError, TenantMismatch
+from state_store.errors import ConflictError, MalformedRecord
 from state_store.hot_cache import HotCache
 from state_store.record import StateRecord
+from state_store.record_io import read_record, record_bytes
 
 MAX_CAS_TRIES = 64  # saves of one tenant finishing at the same moment retry the ring's counter
-OFFLOAD_BYTES = 4 * 2**20  # records above this are encoded/decoded on a thread
 
 
 @dataclass(frozen=True)
@@ -79,10 +77,7 @@ class ResponseStore:
         record = replace(record, tenant=tenant, created_at=record.created_at or now,
                          updated_at=now)
         state_key = self._key(tenant, response_id, "state")
-        if record.num_bytes > OFFLOAD_BYTES:
-            data = await asyncio.to_thread(encode_record, record)
-        else:
-            data = encode_record(record)
+        data = await record_bytes(record)
         await self.store.put(state_key, data, ttl=self.ttl)
         await self.store.put(self._key(tenant, response_id, "object"), _dump(stored),
                              ttl=self.ttl)
@@ -149,16 +144,7 @@ class ResponseStore:
         data = await self.store.get(key)
         if data is None:
             return None
-        try:
-            if len(data) > OFFLOAD_BYTES:
-                record = await asyncio.to_thread(decode_record, data, self.model_fingerprint)
-            else:
-                record = decode_record(data, self.model_fingerprint)
-            if record.tenant != tenant:
-                raise TenantMismatch("record was written for another tenant")
-        except RecordError as e:
-            self.stats.refuse(e.reason)
-            raise
+        record = await read_record(data, tenant, self.model_fingerprint, self.stats)
         await self._hold_to(key, stored.expires_at)
         if self.hot_cache is not None:
             self.hot_cache.put(key, record)
