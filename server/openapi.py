@@ -71,23 +71,24 @@ def _operation(path: str, method: str) -> str:
     return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
 
 
+def _links_from_id(noun: str, param: str, base: str, operations) -> dict:
+    """Links from an answer's `id` to the operations on `base` + a suffix path."""
+    return {f"{verb}{noun}{suffix}": {
+        "operationRef": _operation(f"{base}{{{param}}}{suffix_path}", method),
+        "parameters": {param: "$response.body#/id"}}
+        for verb, method, suffix, suffix_path in operations}
+
+
 # what an answer's id opens next (OpenAPI links): a client, or a stateful fuzzer, can follow
 # a created response or a forked session to the operations on it
+_GET_DELETE = (("Get", "get", "", ""), ("Delete", "delete", "", ""))
 LINKS = {
-    ("/v1/responses", "post"): {
-        f"{verb}Response{suffix}": {
-            "operationRef": _operation(f"/v1/responses/{{response_id}}{suffix_path}", method),
-            "parameters": {"response_id": "$response.body#/id"}}
-        for verb, method, suffix, suffix_path in (
-            ("Get", "get", "", ""), ("Delete", "delete", "", ""),
-            ("List", "get", "InputItems", "/input_items"))},
-    ("/v1/sessions/{session_id}/fork", "post"): {
-        f"{verb}Session{suffix}": {
-            "operationRef": _operation(f"/v1/sessions/{{session_id}}{suffix_path}", method),
-            "parameters": {"session_id": "$response.body#/id"}}
-        for verb, method, suffix, suffix_path in (
-            ("Get", "get", "", ""), ("Delete", "delete", "", ""),
-            ("Fork", "post", "Fork", "/fork"))},
+    ("/v1/responses", "post"): _links_from_id(
+        "Response", "response_id", "/v1/responses/",
+        (*_GET_DELETE, ("List", "get", "InputItems", "/input_items"))),
+    ("/v1/sessions/{session_id}/fork", "post"): _links_from_id(
+        "Session", "session_id", "/v1/sessions/",
+        (*_GET_DELETE, ("Fork", "post", "Fork", "/fork"))),
 }
 
 
