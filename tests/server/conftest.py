@@ -40,6 +40,15 @@ def client(server):
     return server.client()
 
 
+@pytest.fixture(scope="module")
+def full_prefill_server(tmp_path_factory):
+    """The same model with reuse switched off: every turn feeds its whole conversation."""
+    process = ServerProcess(tmp_path_factory.mktemp("no-reuse"), store_url="memory://",
+                            reuse_states=False).start()
+    yield process
+    process.kill()
+
+
 @pytest.fixture
 def model_name() -> str:
     return MODEL_NAME

@@ -9,18 +9,10 @@ import uuid
 import pytest
 
 from tests.server.conftest import unique, user
-from tests.server_process import MODEL_NAME, ServerProcess
+from tests.server_process import MODEL_NAME
 
 GREEDY = dict(model=MODEL_NAME, temperature=0.0, max_tokens=24)
 
-
-@pytest.fixture(scope="module")
-def full_prefill_server(tmp_path_factory):
-    """The same model with reuse switched off: every turn feeds its whole conversation."""
-    process = ServerProcess(tmp_path_factory.mktemp("no-reuse"), store_url="memory://",
-                            reuse_states=False).start()
-    yield process
-    process.kill()
 
 
 def test_models_lists_the_served_model_with_its_state_size(client):

@@ -16,18 +16,10 @@ from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.tokenizer import Tokenizer
 from server.turn_encoding import TurnEncoder
 from tests.server.conftest import unique, user
-from tests.server_process import MODEL_NAME, ServerProcess
+from tests.server_process import MODEL_NAME
 
 GREEDY = dict(model=MODEL_NAME, temperature=0.0, max_output_tokens=12)
 
-
-@pytest.fixture(scope="module")
-def full_prefill_server(tmp_path_factory):
-    """The same model with reuse off: chat completions feed the whole conversation."""
-    process = ServerProcess(tmp_path_factory.mktemp("no-reuse"), store_url="memory://",
-                            reuse_states=False).start()
-    yield process
-    process.kill()
 
 
 @pytest.fixture(scope="module")

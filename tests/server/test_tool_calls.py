@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.server.conftest import unique, user
-from tests.server_process import MODEL_NAME, ServerProcess
+from tests.server_process import MODEL_NAME
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city.",
@@ -27,13 +27,6 @@ TOOLS = [WEATHER, SQUARE]
 PARAMETERS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 GREEDY = dict(model=MODEL_NAME, temperature=0.0, max_tokens=120)
 
-
-@pytest.fixture(scope="module")
-def full_prefill_server(tmp_path_factory):
-    process = ServerProcess(tmp_path_factory.mktemp("no-reuse"), store_url="memory://",
-                            reuse_states=False).start()
-    yield process
-    process.kill()
 
 
 def assert_valid_calls(message, names=None):
