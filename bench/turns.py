@@ -101,6 +101,26 @@ async def ttft_series(url: str, tokenizer: Tokenizer, lengths: list[int], repeat
     return out
 
 
+def ttft_results(workdir: Path, common: dict, tokenizer: Tokenizer, lengths: list[int],
+                 repeats: int) -> dict:
+    """The three TTFT series: history resent and by session on a reusing server, and resent
+    on one with reuse off."""
+    reuse = ServerProcess(workdir / "reuse", **common).start()
+    try:
+        plain = ServerProcess(workdir / "plain", reuse_states=False, **common).start()
+        try:
+            return {
+                "ttft_reuse": asyncio.run(ttft_series(reuse.url, tokenizer, lengths, repeats)),
+                "ttft_session": asyncio.run(
+                    ttft_series(reuse.url, tokenizer, lengths, repeats, session=True)),
+                "ttft_no_reuse": asyncio.run(ttft_series(plain.url, tokenizer, lengths,
+                                                         repeats))}
+        finally:
+            plain.stop()
+    finally:
+        reuse.stop()
+
+
 async def http_throughput(url: str, streams: int, max_tokens: int) -> dict:
     """All streams at once; tokens counted from the usage chunk; time to the last [DONE]."""
     limits = httpx.Limits(max_connections=streams + 4)
@@ -196,21 +216,8 @@ def run(argv: list[str]) -> dict:
         common = dict(store_url=store, max_prompt_tokens=max(lengths) * 2 + 4096,
                       hot_cache_mb=0, max_num_seqs=max(64, args.streams),
                       num_threads=args.threads)
-        reuse = ServerProcess(Path(tmp) / "reuse", **common).start()
-        try:
-            if not args.skip_ttft:
-                plain = ServerProcess(Path(tmp) / "plain", reuse_states=False, **common).start()
-                try:
-                    result["ttft_reuse"] = asyncio.run(
-                        ttft_series(reuse.url, tokenizer, lengths, args.repeats))
-                    result["ttft_session"] = asyncio.run(
-                        ttft_series(reuse.url, tokenizer, lengths, args.repeats, session=True))
-                    result["ttft_no_reuse"] = asyncio.run(
-                        ttft_series(plain.url, tokenizer, lengths, args.repeats))
-                finally:
-                    plain.stop()
-        finally:
-            reuse.stop()
+        if not args.skip_ttft:
+            result.update(ttft_results(Path(tmp), common, tokenizer, lengths, args.repeats))
         if not args.skip_throughput:
             result["http"] = {}
             for interval in intervals:
