@@ -49,7 +49,7 @@ class RedisServer:
 
     def __init__(self, workdir: Path, *args: str, port: int | None = None,
                  sentinel_of: int | None = None):
-        self.workdir = workdir
+        self.workdir = workdir.resolve()  # redis-server enters --dir before it opens its log
         self.args = args
         self.sentinel_of = sentinel_of  # port of the master this Sentinel watches
         self.port = port or free_port()

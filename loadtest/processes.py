@@ -1,27 +1,20 @@
-"""The system under load, on loopback: a redis-server of its own on a free port and retserve
-replicas sharing it, each a `retserve serve` process with its log in the results folder."""
+"""The system under load, on loopback: retserve replicas sharing one redis-server of its own
+(bench/redis_process.py), each a `retserve serve` process with its log in the results folder."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-import redis
+
+from bench.server_process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Process:
@@ -45,33 +38,6 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-
-
-class Redis(Process):
-    def __init__(self, workdir: Path):
-        self.port = free_port()
-        workdir.mkdir(parents=True, exist_ok=True)
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        # no snapshots, no AOF: memory is what is measured, and nothing outlives the run
-        super().__init__("redis-server", [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "no"],
-            workdir / "redis.log")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                if redis.Redis.from_url(self.url, socket_timeout=0.5).ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on {self.port} not ready after {timeout} s")
 
 
 class Retserve(Process):

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from loadtest.processes import REPO, Redis, Retserve
+from bench.redis_process import RedisServer
+from loadtest.processes import REPO, Retserve
 from loadtest.report import check, summarise
 
 
@@ -72,10 +73,11 @@ def main(argv=None) -> int:
         old.unlink()
     load_before = os.getloadavg()
     started = time.monotonic()
-    redis_server = Redis(out / "redis")
+    # no snapshots, no AOF: memory is what is measured, and nothing outlives the run
+    redis_server = RedisServer(out / "redis", "--appendonly", "no")
     replicas: list[Retserve] = []
     try:
-        redis_server.wait_ready()
+        redis_server.start()
         replicas = [Retserve(i, redis_server.url, out, parent_grace=args.parent_grace,
                              hot_cache_mb=args.hot_cache_mb, num_threads=args.num_threads,
                              store_timeout=args.store_timeout,
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     finally:
         for replica in replicas:
             replica.stop()
-        redis_server.stop()
+        redis_server.kill()
     kv = None
     if not args.no_baseline:
         from loadtest.kv_baseline import measure_transcripts
