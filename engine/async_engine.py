@@ -158,7 +158,7 @@ class AsyncEngine:
         """With a stream interval, a running request's tokens after its first are joined into
         one output per `stream_interval` of them; a finished one takes what was held."""
         interval = self.engine.config.stream_interval
-        if interval == 1 and not self._held:
+        if interval == 1:  # nothing is ever held
             return outputs
         ready = []
         for output in outputs:
