@@ -202,9 +202,12 @@ class ChatService:
         return TurnPlan(turn, tokens, state, base_key, parent_key, session, messages_key)
 
     async def _encode(self, fn, *args, **kwargs) -> TurnTokens | None:
+        rendered = args[-1]
+        if fn == self.encoder.after and self.encoder.is_history_free:
+            rendered = rendered[len(args[0]):]  # the new messages alone are rendered
         try:
-            if sum(len(m.get("content") or "") for m in args[-1]) > 65536:
-                # long histories: off the event loop
+            if sum(len(m.get("content") or "") for m in rendered) > 65536:
+                # long texts to render: off the event loop
                 return await asyncio.to_thread(fn, *args, **kwargs)
             return fn(*args, **kwargs)
         except ChatTemplateError as e:

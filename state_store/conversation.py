@@ -9,6 +9,7 @@ Everything is addressed through (tenant, ...): see keys.py for why that isolates
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -111,8 +112,9 @@ class ConversationStore:
         `prefix_keys`: the messages' content_keys, when the caller has them already."""
         if prefix_keys is None:
             prefix_keys = keys.content_keys(tenant, self.model_fingerprint, messages)
-        ends = [i for i in range(len(messages) - 1, -1, -1)
-                if messages[i].get("role") == "assistant"][: self.max_lookup_probes]
+        ends = itertools.islice((i for i in range(len(messages) - 1, -1, -1)
+                                 if messages[i].get("role") == "assistant"),
+                                self.max_lookup_probes)  # lazily: the latest few only
         with self.stats.timed(self.store.backend, "lookup") as t:
             t.outcome = "miss"
             for i in ends:

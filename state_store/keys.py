@@ -93,9 +93,44 @@ def content_keys(tenant: str, model_fingerprint: str, messages: Sequence[Mapping
         raise ValueError(f"invalid content key {base!r}")
     ids = []
     for message in messages:
-        state = _digest(b"rs-content", state, canonical_message(message))
+        if len(message) == 2 and type(role := message.get("role")) is str \
+                and type(content := message.get("content")) is str:
+            step = (state, role, content)
+            following = _chain_steps.get(step)
+            if following is None:
+                following = _digest(b"rs-content", state, canonical_message(message))
+                _chain_steps.put(step, following, len(content))
+            state = following
+        else:
+            state = _digest(b"rs-content", state, canonical_message(message))
         ids.append(state.hex())
     return ids
+
+
+class _ChainSteps:
+    """Memo of chain steps (previous key, role, content) -> next key for plain messages: a
+    client resends its whole history every turn, and keying it again costs ~1.3 µs a message
+    (3 ms for a 2,300-message chat), a lookup a tenth of that. A pure function's memo, so
+    sharing it across tenants reveals nothing (the tenant is in every previous key); bounded
+    by the characters it holds, cleared when full."""
+
+    def __init__(self, max_chars: int = 8 << 20):
+        self.max_chars = max_chars
+        self._steps: dict[tuple[bytes, str, str], bytes] = {}
+        self._chars = 0
+
+    def get(self, step: tuple[bytes, str, str]) -> bytes | None:
+        return self._steps.get(step)
+
+    def put(self, step: tuple[bytes, str, str], following: bytes, num_chars: int) -> None:
+        if self._chars + num_chars > self.max_chars:
+            self._steps.clear()
+            self._chars = 0
+        self._steps[step] = following
+        self._chars += num_chars + 64
+
+
+_chain_steps = _ChainSteps()
 
 
 _RESPONSE_PARTS = {"state": "r", "object": "o"}

@@ -93,6 +93,8 @@ TOOLS_BY_NAME = {spec.name: spec for spec in TOOLS}
 _STATUSES = ("delivered", "queued", "sent")
 # how many tools a chat offers (1, 2 or 3): each definition costs ~100 tokens of prompt
 _NUM_TOOLS_WEIGHTS = (5, 3, 2)
+# the calls the model copies worst: several words of a message, numbers of several digit tokens
+HARD_TOOLS = ("send_message", "get_phone", "get_population", "square")
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,15 @@ def _plain_turn(rng: random.Random, split: str, invent: Invent | None, synthetic
 
 
 def tool_chat(rng: random.Random, split: str = "train", invent: Invent | None = None,
-              synthetic_share: float = 0.8) -> ToolChat:
+              synthetic_share: float = 0.8, focus_share: float = 0.0) -> ToolChat:
+    """With probability `focus_share` every call of the chat is to one of HARD_TOOLS."""
     specs = rng.sample(TOOLS, rng.choices((1, 2, 3), _NUM_TOOLS_WEIGHTS)[0])
+    callable_specs = specs
+    if focus_share and rng.random() < focus_share:
+        hard = TOOLS_BY_NAME[rng.choice(HARD_TOOLS)]
+        specs = [s for s in specs if s is not hard][:2] + [hard]
+        rng.shuffle(specs)
+        callable_specs = [hard]
     messages: list[Message] = []
     if rng.random() < 0.3:
         messages.append({"role": "system", "content": "You are a helpful assistant."})
@@ -203,8 +212,8 @@ def tool_chat(rng: random.Random, split: str = "train", invent: Invent | None = 
     num_calls = 0 if rng.random() < 0.15 else rng.choice((1, 1, 1, 2))
     for _ in range(max(num_calls, 1)):
         if num_calls:
-            exchange, _ = _exchange(rng, rng.choice(specs), split, invent, synthetic_share,
-                                    told, f"call_{rng.getrandbits(32):08x}")
+            exchange, _ = _exchange(rng, rng.choice(callable_specs), split, invent,
+                                    synthetic_share, told, f"call_{rng.getrandbits(32):08x}")
             messages += exchange
         if not num_calls or rng.random() < 0.3:
             user, reply = _plain_turn(rng, split, invent, synthetic_share, told)
@@ -213,11 +222,11 @@ def tool_chat(rng: random.Random, split: str = "train", invent: Invent | None = 
     return ToolChat([spec.definition() for spec in specs], messages)
 
 
-def tool_chats(n: int, seed: int, invent: Invent | None = None, synthetic_share: float = 0.8
-               ) -> list[ToolChat]:
+def tool_chats(n: int, seed: int, invent: Invent | None = None, synthetic_share: float = 0.8,
+               focus_share: float = 0.0) -> list[ToolChat]:
     """`n` training chats (train split); a pure function of the arguments."""
     rng = random.Random(f"retserve-tools:train:{seed}")
-    return [tool_chat(rng, "train", invent, synthetic_share) for _ in range(n)]
+    return [tool_chat(rng, "train", invent, synthetic_share, focus_share) for _ in range(n)]
 
 
 def tool_probes(n: int, seed: int, split: str = "heldout") -> list[dict]:

@@ -84,6 +84,8 @@ class TrainArgs:
     # chat, the tool's result, an answer repeating it; their tool definitions make them long
     # (~420 tokens on average, up to ~800: raise max_len with them)
     num_tools: int = 0
+    # tool chats whose calls all go to the tools copied worst (tool_data.HARD_TOOLS)
+    tool_focus_share: float = 0.0
     vowel_onset_share: float = 0.0  # invented words starting with a vowel (see InventedWords)
     # invented words made of random tokenizer pieces rather than syllables (see InventedWords)
     piece_word_share: float = 0.0
@@ -421,7 +423,8 @@ def prepare_data(args: TrainArgs, tokenizer_dir: Path) -> tuple[Tokenizer, Datas
     if args.num_tools:
         invent = invented_words(args, tok)
         rows += [encode_with_mask(tok, c.messages, c.tools)
-                 for c in tool_chats(args.num_tools, args.seed, invent, args.synthetic_share)]
+                 for c in tool_chats(args.num_tools, args.seed, invent, args.synthetic_share,
+                                      args.tool_focus_share)]
     rows = [r for r in rows if len(r[0]) <= args.max_len]
     return tok, Dataset(rows, args.batch_size, args.seed, tok.eos_token_id or 0,
                         args.user_loss_weight)

@@ -17,6 +17,7 @@ from server.token_text import TokenText
 # OpenAI's developer role is the system role of models trained before it existed
 ROLE_FOR_TEMPLATE = {"developer": "system"}
 MAX_SESSION_ID = 256
+_PLAIN_ROLES = frozenset(("system", "user", "assistant"))  # no renaming, no extra fields
 
 
 class ContentPart(OpenAIModel):
@@ -88,7 +89,11 @@ class ChatCompletionRequest(SamplingFields):
         null fields dropped), so its content key is the same too."""
         out = []
         for i, message in enumerate(self.messages):
-            content = message.content
+            content, role = message.content, message.role
+            if type(content) is str and role in _PLAIN_ROLES and not message.name \
+                    and not message.tool_calls:
+                out.append({"role": role, "content": content})  # most messages: as they are
+                continue
             if isinstance(content, list):
                 texts = []
                 for j, part in enumerate(content):

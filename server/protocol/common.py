@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.sampling import SamplingParams
 from server.errors import bad_request
@@ -19,28 +19,6 @@ class OpenAIModel(BaseModel):
     # unknown fields are accepted and ignored, as OpenAI-compatible servers do
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def _encodable(cls, value):
-        """JSON may carry lone surrogates ("\\ud800"); no tokenizer, key or log can write them."""
-        _check_utf8(value)
-        return value
-
-
-def _check_utf8(value) -> None:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ValueError("text must be valid Unicode (a lone surrogate at position "
-                             f"{e.start})") from None
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _check_utf8(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_utf8(key)
-            _check_utf8(item)
 
 
 class PromptTokensDetails(OpenAIModel):

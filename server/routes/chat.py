@@ -21,8 +21,9 @@ from server.routes.models import check_model
 from server.runtime import Runtime
 from server.streaming import DONE, log_turn, run_until_disconnect, sse_response
 from server.turn_stream import Choice, TurnStream
+from server.unicode_route import UnicodeCheckedRoute
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(route_class=UnicodeCheckedRoute, tags=["chat"])
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse,

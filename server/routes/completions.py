@@ -21,8 +21,9 @@ from server.routes.models import check_model
 from server.runtime import Runtime
 from server.streaming import DONE, log_turn, run_until_disconnect, sse_response
 from server.turn_stream import TurnStream
+from server.unicode_route import UnicodeCheckedRoute
 
-router = APIRouter(tags=["completions"])
+router = APIRouter(route_class=UnicodeCheckedRoute, tags=["completions"])
 
 
 @router.post("/v1/completions", response_model=CompletionResponse,

@@ -24,10 +24,12 @@ from server.routes.models import check_model
 from server.runtime import Runtime
 from server.streaming import log_turn, run_until_disconnect, sse_response
 from server.turn_stream import TurnStream
+from server.unicode_route import UnicodeCheckedRoute
 from state_store import RecordError, StateRecord, StateStoreError
 from state_store.responses import StoredResponse
 
-router = APIRouter(tags=["responses"], responses=error_responses(*API_ERRORS, 404))
+router = APIRouter(tags=["responses"], responses=error_responses(*API_ERRORS, 404),
+                   route_class=UnicodeCheckedRoute)
 ResponseId = Annotated[str, Path(min_length=1, max_length=MAX_RESPONSE_ID)]
 
 

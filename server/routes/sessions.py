@@ -16,9 +16,11 @@ from server.protocol.sessions import (
     SessionObject,
     session_object,
 )
+from server.unicode_route import UnicodeCheckedRoute
 from state_store import ConflictError, RecordError, StateStoreError
 
-router = APIRouter(tags=["sessions"], responses=error_responses(*API_ERRORS, 404))
+router = APIRouter(tags=["sessions"], responses=error_responses(*API_ERRORS, 404),
+                   route_class=UnicodeCheckedRoute)
 SessionId = Annotated[str, Path(min_length=1, max_length=256)]
 
 

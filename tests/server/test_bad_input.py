@@ -146,3 +146,19 @@ def test_lone_surrogates_are_400s_wherever_they_hide(http):
         # json.dumps writes the lone surrogate as the escape "\ud800", as a client would
         assert_error(http.post(path, content=json.dumps(body),
                                headers={"content-type": "application/json"}), 400)
+
+
+def test_a_lone_surrogate_is_refused_however_the_body_spells_it(http):
+    """As an escape, as the bytes json.loads lets through, in UTF-16: a 400 naming the field;
+    a surrogate pair (an emoji as escapes) is a character like any other."""
+    escaped = json.dumps(chat(messages=[{"role": "user", "content": "hi \ud800"}]))
+    raw = escaped.replace("\\ud800", "\ud800")
+    as_bytes, in_utf16 = (raw.encode(codec, "surrogatepass") for codec in ("utf-8", "utf-16-le"))
+    for content in (escaped.encode(), as_bytes, in_utf16):
+        assert_error(http.post("/v1/chat/completions", content=content,
+                               headers={"content-type": "application/json"}), 400,
+                     param="messages.0.content")
+    pair = json.dumps(chat(messages=[{"role": "user", "content": "hi \U0001F600"}]))
+    assert "\\ud83d\\ude00" in pair
+    assert http.post("/v1/chat/completions", content=pair,
+                     headers={"content-type": "application/json"}).status_code == 200

@@ -11,7 +11,7 @@ from engine.tokenizer import Tokenizer
 from server.tool_calls import parse_tool_calls
 from training.chat_data import POOLS
 from training.eval_tools import MAX_NEW_TOKENS, evaluate
-from training.tool_data import TOOLS_BY_NAME, tool_chats, tool_probes
+from training.tool_data import HARD_TOOLS, TOOLS_BY_NAME, tool_chats, tool_probes
 from training.train import encode_with_mask
 
 
@@ -53,6 +53,18 @@ def test_calls_validate_copy_their_arguments_and_answers_repeat_results(tok):
                 (call["name"], call["arguments"])]
         encode_with_mask(tok, chat.messages, chat.tools)  # append-only, boundaries exact
     assert num_calls > 250 and 10 < num_no_call < 100
+
+
+def test_focused_chats_call_only_the_tools_copied_worst():
+    chats = tool_chats(200, 0, focus_share=1.0)
+    calls = [c["function"]["name"] for chat in chats for m in chat.messages
+             for c in m.get("tool_calls", ())]
+    assert len(calls) > 150 and set(calls) == set(HARD_TOOLS)
+    for chat in chats:  # the hard tool is offered beside up to two others
+        assert 1 <= len(chat.tools) <= 3
+    unfocused = [c["function"]["name"] for chat in tool_chats(200, 0) for m in chat.messages
+                 for c in m.get("tool_calls", ())]
+    assert set(unfocused) - set(HARD_TOOLS)
 
 
 def test_probes_use_held_out_values():
