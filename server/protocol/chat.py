@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import Field
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from engine.sampling import TokenLogprob
 from server.chat_turn import ChatTurn
@@ -20,28 +21,31 @@ MAX_SESSION_ID = 256
 _PLAIN_ROLES = frozenset(("system", "user", "assistant"))  # no renaming, no extra fields
 
 
-class ContentPart(OpenAIModel):
+# Messages are validated into plain dicts, not models: a client resends its whole history every
+# turn, and building a model per message cost 4x the validation itself (1.4 vs 0.35 ms for
+# 2,300 messages). Unknown keys are dropped, as on the models.
+class ContentPart(TypedDict):
     type: str
-    text: str | None = None
+    text: NotRequired[str | None]
 
 
-class FunctionCall(OpenAIModel):
+class FunctionCall(TypedDict):
     name: str
     arguments: str  # JSON text, kept verbatim (the template renders it as the model wrote it)
 
 
-class ToolCall(OpenAIModel):
-    id: str = Field(max_length=256)
-    type: Literal["function"] = "function"
+class ToolCall(TypedDict):
+    id: Annotated[str, Field(max_length=256)]
+    type: NotRequired[Literal["function"]]
     function: FunctionCall
 
 
-class ChatMessage(OpenAIModel):
+class ChatMessage(TypedDict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = Field(None, max_length=256)
-    tool_calls: list[ToolCall] | None = None  # assistant
-    tool_call_id: str | None = Field(None, max_length=256)  # tool
+    content: NotRequired[str | list[ContentPart] | None]
+    name: NotRequired[Annotated[str | None, Field(max_length=256)]]
+    tool_calls: NotRequired[list[ToolCall] | None]  # assistant
+    tool_call_id: NotRequired[Annotated[str | None, Field(max_length=256)]]  # tool
 
 
 class StreamOptions(OpenAIModel):
@@ -89,41 +93,42 @@ class ChatCompletionRequest(SamplingFields):
         null fields dropped), so its content key is the same too."""
         out = []
         for i, message in enumerate(self.messages):
-            content, role = message.content, message.role
-            if type(content) is str and role in _PLAIN_ROLES and not message.name \
-                    and not message.tool_calls:
+            content, role = message.get("content"), message["role"]
+            if type(content) is str and role in _PLAIN_ROLES and not message.get("name") \
+                    and not message.get("tool_calls"):
                 out.append({"role": role, "content": content})  # most messages: as they are
                 continue
             if isinstance(content, list):
                 texts = []
                 for j, part in enumerate(content):
-                    if part.type != "text" or part.text is None:
+                    if part["type"] != "text" or part.get("text") is None:
                         raise bad_request(f"messages[{i}].content[{j}]: content part type "
-                                          f"{part.type!r} is not supported (text only)",
+                                          f"{part['type']!r} is not supported (text only)",
                                           f"messages.{i}.content.{j}.type")
-                    texts.append(part.text)
+                    texts.append(part["text"])
                 content = "\n".join(texts)
             if content is None:
-                if message.role != "assistant":
+                if role != "assistant":
                     raise bad_request(f"messages[{i}].content is required", f"messages.{i}")
                 content = ""
-            entry = {"role": ROLE_FOR_TEMPLATE.get(message.role, message.role),
-                     "content": content}
-            if message.name:
-                entry["name"] = message.name
-            if message.tool_calls and message.role != "assistant":
+            entry = {"role": ROLE_FOR_TEMPLATE.get(role, role), "content": content}
+            if message.get("name"):
+                entry["name"] = message["name"]
+            calls = message.get("tool_calls")
+            if calls and role != "assistant":
                 raise bad_request(f"messages[{i}].tool_calls: only assistant messages make "
                                   "tool calls", f"messages.{i}.tool_calls")
-            if message.tool_calls:  # the shape a reply's calls are saved in (same content key)
+            if calls:  # the shape a reply's calls are saved in (same content key)
                 entry["tool_calls"] = [
-                    {"id": c.id, "type": "function",
-                     "function": {"name": c.function.name, "arguments": c.function.arguments}}
-                    for c in message.tool_calls]
-            if message.role == "tool":
-                if not message.tool_call_id:
+                    {"id": c["id"], "type": "function",
+                     "function": {"name": c["function"]["name"],
+                                  "arguments": c["function"]["arguments"]}}
+                    for c in calls]
+            if role == "tool":
+                if not message.get("tool_call_id"):
                     raise bad_request(f"messages[{i}].tool_call_id is required for a tool "
                                       "message", f"messages.{i}.tool_call_id")
-                entry["tool_call_id"] = message.tool_call_id
+                entry["tool_call_id"] = message["tool_call_id"]
             out.append(entry)
         return out
 
