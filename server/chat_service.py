@@ -324,8 +324,10 @@ class ChatService:
         keys, first_record = [], None
         for choice in stream.choices:
             reply = choice.reply_message()
-            state = await self._exact_state(plan, choice, reply)
-            if state is None or plan.messages_key is None:
+            # (no key: reuse is off, and the exact state, maybe a refeed, would go nowhere)
+            state = None if plan.messages_key is None else \
+                await self._exact_state(plan, choice, reply)
+            if state is None:
                 keys.append(None)
                 continue
             record = await asyncio.to_thread(record_from_state, state, self.model_fingerprint,

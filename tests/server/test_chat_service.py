@@ -159,3 +159,20 @@ async def test_a_conversation_at_rest_holds_one_or_two_records_after_50_turns(ma
     hits = await run()
     assert hits == [False] + [True] * 49
     assert 1 <= len(record_keys(redis_url, service)) <= 2
+
+
+async def test_with_reuse_off_a_reply_is_never_fed_again(make_service):
+    """A sampled reply whose tokens are not its text's own tokens is fed again (from the state
+    before the turn) to store the exact state; with reuse off nothing is stored, so nothing is
+    fed but the prompt."""
+    sampled = SamplingParams(max_tokens=48, temperature=1.0, seed=3, ignore_eos=True)
+    messages = [user(unique("Tell me a story."))]
+    fed = {}
+    for reuse in (True, False):
+        service = make_service(reuse_states=reuse)
+        stream, _ = await turn(service, messages, sampled)
+        # the prompt's last token is fed by the first decode step
+        prompt = len(service.tokenizer.encode_chat(messages)) - 1
+        fed[reuse] = service.engine.stats().num_prefill_tokens - prompt
+    assert fed[True] > 48  # refed: the sampled tokens are not the text's (past its end)
+    assert fed[False] == 0
