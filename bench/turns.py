@@ -7,12 +7,18 @@
    state back from the store. The client resends the whole history, as an OpenAI client does;
    a third series names a session instead (`session_id`: the new question alone is sent).
 2. Streamed tokens/s through HTTP at N concurrent streams against the engine alone (LLMEngine
-   in a process of its own) at the same concurrency and lengths.
+   in a process of its own) at the same concurrency and lengths: on a server that only
+   streams, as the engine alone does (reuse off: no state is stored), and on one that also
+   stores every turn's state (the default). Storing costs engine time beyond the stream: the
+   end-of-turn tokens, and, for a sampled reply whose tokens are not its text's own
+   tokenization (nearly every reply here: sampled at temperature 1 past the end of turn), a
+   refeed of the whole turn so that the stored state is the one a from-scratch prefill of the
+   conversation gives.
 
 Summary: ttft_ratio_32k_vs_256_reuse (target <= 1.3), ttft_ratio_32k_vs_256_session,
 ttft_ratio_32k_vs_256_no_reuse, http_vs_engine_tps (target >= 0.9; streamed token by token),
-and the same at the other stream intervals asked for (a chunk per that many tokens after the
-first).
+http_vs_engine_tps_saving_states, and that at the other stream intervals asked for (a chunk
+per that many tokens after the first).
 """
 
 from __future__ import annotations
@@ -221,12 +227,15 @@ def run(argv: list[str]) -> dict:
         if not args.skip_ttft:
             result.update(ttft_results(Path(tmp), common, tokenizer, lengths, args.repeats))
         if not args.skip_throughput:
-            result["http"] = {}
-            for interval in intervals:
-                server = ServerProcess(Path(tmp) / f"stream{interval}", stream_interval=interval,
+            result["http"], result["http_saving_states"] = {}, {}
+            runs = [("http", intervals[0], False)] + [("http_saving_states", i, True)
+                                                      for i in intervals]
+            for series, interval, saving in runs:
+                server = ServerProcess(Path(tmp) / f"{series}{interval}",
+                                       stream_interval=interval, reuse_states=saving,
                                        **common).start()
                 try:
-                    result["http"][interval] = asyncio.run(
+                    result[series][interval] = asyncio.run(
                         http_throughput(server.url, args.streams, args.tokens))
                 finally:
                     server.stop()
@@ -242,8 +251,12 @@ def run(argv: list[str]) -> dict:
                 series[last]["ttft_ms_p50"] / series[first]["ttft_ms_p50"], 3)
     if not args.skip_throughput:
         engine_tps = result["engine"]["tokens_per_s"]
+        summary["http_vs_engine_tps"] = round(
+            result["http"][intervals[0]]["tokens_per_s"] / engine_tps, 3)
         for i, interval in enumerate(intervals):
-            name = "http_vs_engine_tps" + ("" if i == 0 else f"_stream_interval_{interval}")
-            summary[name] = round(result["http"][interval]["tokens_per_s"] / engine_tps, 3)
+            name = "http_vs_engine_tps_saving_states" + (
+                "" if i == 0 else f"_stream_interval_{interval}")
+            summary[name] = round(
+                result["http_saving_states"][interval]["tokens_per_s"] / engine_tps, 3)
     result["summary"] = summary
     return result
