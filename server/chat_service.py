@@ -389,6 +389,7 @@ class ChatService:
             return choice.final_state
         if len(expected) > self.options.max_prompt_tokens:
             return None
+        self.metrics.state_refeed(len(expected))
         return await self._feed(plan.state, expected)
 
     async def _feed(self, state: RetentionState | None, ids: list[int]

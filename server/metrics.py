@@ -60,6 +60,9 @@ class ServerMetrics(TurnMetrics):
                                       "stored states.")
         self.prefix_hits = counter("prefix_cache_hits", "Prompt tokens a stored state "
                                    "covered (not fed again).")
+        self.refeed_tokens = counter("state_refeed_tokens", "Tokens fed again after a turn "
+                                     "so that its stored state is exact (a sampled reply "
+                                     "whose tokens are not its text's own tokenization).")
         self._success = Counter(f"{PREFIX}_request_success", "Finished requests by reason.",
                                 ["model_name", "finished_reason"], registry=reg)
         self._store_errors = Counter(f"{PREFIX}_store_errors", "Store operations a turn went "
@@ -101,6 +104,9 @@ class ServerMetrics(TurnMetrics):
 
     def store_error(self, operation: str) -> None:
         self._store_errors.labels(self.model_name, operation).inc()
+
+    def state_refeed(self, num_tokens: int) -> None:
+        self.refeed_tokens.inc(num_tokens)
 
 
 class _LiveCollector:

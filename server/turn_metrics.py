@@ -24,5 +24,9 @@ class TurnMetrics:
     def store_error(self, operation: str) -> None:
         """The store failed an operation the turn needed; the turn went on without it."""
 
+    def state_refeed(self, num_tokens: int) -> None:
+        """Tokens fed again after a turn so that its stored state is exact: a reply whose
+        tokens are not its text's own tokenization is fed as that tokenization."""
+
 
 NO_METRICS = TurnMetrics()

@@ -19,6 +19,7 @@ from server.chat_service import ServiceOptions
 from server.chat_turn import ChatTurn
 from server.local_service import close_service, local_service
 from server.state_records import state_from_record
+from server.turn_metrics import TurnMetrics
 from tests.server.conftest import delete_namespace, unique, user
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16)
@@ -167,12 +168,19 @@ async def test_with_reuse_off_a_reply_is_never_fed_again(make_service):
     fed but the prompt."""
     sampled = SamplingParams(max_tokens=48, temperature=1.0, seed=3, ignore_eos=True)
     messages = [user(unique("Tell me a story."))]
-    fed = {}
+    fed, counted = {}, {}
+
+    class Refeeds(TurnMetrics):
+        def state_refeed(self, num_tokens: int) -> None:
+            counted[reuse] = counted.get(reuse, 0) + num_tokens
+
     for reuse in (True, False):
         service = make_service(reuse_states=reuse)
+        service.metrics = Refeeds()
         stream, _ = await turn(service, messages, sampled)
         # the prompt's last token is fed by the first decode step
         prompt = len(service.tokenizer.encode_chat(messages)) - 1
         fed[reuse] = service.engine.stats().num_prefill_tokens - prompt
     assert fed[True] > 48  # refed: the sampled tokens are not the text's (past its end)
+    assert counted == {True: fed[True]}  # the whole turn, counted for /metrics
     assert fed[False] == 0
