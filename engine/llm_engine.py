@@ -275,6 +275,8 @@ class LLMEngine:
         seq.output_ids.append(token)
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
+            if seq.return_prompt_state:  # the step fed the prompt's last token, nothing more
+                seq.prompt_state = self.pool.export(seq.slot)
         is_stop = token in seq.stop_token_ids
         new, is_done = [token], False
         if seq.constraint is not None and not is_stop:
@@ -313,12 +315,13 @@ class LLMEngine:
                 logprobs: list[TokenLogprob] | None,
                 state: RetentionState | None = None) -> RequestOutput:
         finished = seq.finish_reason is not None and seq.tail is None
+        prompt_state, seq.prompt_state = seq.prompt_state, None
         return RequestOutput(
             request_id=seq.request_id, token_ids=token_ids, text=text,
             finish_reason=seq.finish_reason if finished else None,
             num_prompt_tokens=len(seq.prompt_ids), num_cached_tokens=seq.num_cached_tokens,
             num_generated_tokens=len(seq.output_ids), logprobs=logprobs, state=state,
-            timings=seq.timings() if finished else None)
+            timings=seq.timings() if finished else None, prompt_state=prompt_state)
 
     def stats(self) -> EngineStats:
         return EngineStats(

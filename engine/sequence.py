@@ -23,6 +23,9 @@ class Request:
     # out) + trailing_ids (e.g. the chat template's end-of-turn), fed after generation.
     return_state: bool = False
     trailing_ids: tuple[int, ...] = ()
+    # Also the state after the prompt, on the first output: a reply that must be fed again (as
+    # its text's own tokens, for an exact stored state) is fed from there, not before the prompt.
+    return_prompt_state: bool = False
     # Feed the whole prompt and return its state, generating nothing: `n` choices of one prompt
     # prefill once, then each continues from a copy of this state.
     prefill_only: bool = False
@@ -53,6 +56,7 @@ class RequestOutput:
     logprobs: list[TokenLogprob] | None = None
     state: RetentionState | None = None  # final state (CPU), when asked for
     timings: RequestTimings | None = None  # on the final output
+    prompt_state: RetentionState | None = None  # on the first output, when asked for
 
     @property
     def finished(self) -> bool:
@@ -63,8 +67,9 @@ class RequestOutput:
         logprobs = None
         if self.logprobs is not None or later.logprobs is not None:
             logprobs = [*(self.logprobs or ()), *(later.logprobs or ())]
+        prompt_state = self.prompt_state if self.prompt_state is not None else later.prompt_state
         return replace(later, token_ids=[*self.token_ids, *later.token_ids],
-                       text=self.text + later.text, logprobs=logprobs)
+                       text=self.text + later.text, logprobs=logprobs, prompt_state=prompt_state)
 
 
 class SequenceStatus(Enum):
@@ -89,6 +94,8 @@ class Sequence:
         self.is_admitted = request.admitted
         self.return_state = request.return_state or request.prefill_only
         self.trailing_ids = tuple(request.trailing_ids)
+        self.return_prompt_state = request.return_prompt_state
+        self.prompt_state: RetentionState | None = None  # taken at the first token, sent once
         self.status = SequenceStatus.WAITING
         self.slot: int | None = None
         self.num_prompt_fed = 0

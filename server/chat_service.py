@@ -46,6 +46,10 @@ from state_store import (
 )
 
 logger = logging.getLogger("retserve.chat")
+# A turn fed at least this many tokens keeps the state after them (a ~300 kB copy) while it
+# runs, so that a reply fed again for an exact stored state skips the prompt: below it, feeding
+# the prompt again costs less than holding the copy.
+PROMPT_STATE_MIN = 128
 # what a turn started from a given state hands its exact end state to (a stored response)
 KeepState = Callable[[StateRecord | None], Awaitable[None]]
 
@@ -293,7 +297,8 @@ class ChatService:
                 params = replace(params, seed=params.seed + i)  # n different draws, repeatable
             request = Request(f"{request_id}-{i}", start_ids, params, initial_state=start_state,
                               return_state=save, trailing_ids=trailing,
-                              admitted=prefill is not None or i > 0)
+                              admitted=prefill is not None or i > 0,
+                              return_prompt_state=save and len(start_ids) >= PROMPT_STATE_MIN)
             parser = (None if turn.tool_call_mode is None else
                       ToolCallParser(calls_only=turn.tool_call_mode == "calls"))
             choices.append(Choice(i, request, StopMatcher(turn.stop), tool_parser=parser))
@@ -389,8 +394,12 @@ class ChatService:
             return choice.final_state
         if len(expected) > self.options.max_prompt_tokens:
             return None
-        self.metrics.state_refeed(len(expected))
-        return await self._feed(plan.state, expected)
+        start, ids = plan.state, expected
+        prompt = plan.tokens.ids
+        if choice.prompt_state is not None and expected[:len(prompt)] == prompt:
+            start, ids = choice.prompt_state, expected[len(prompt):]  # the reply alone
+        self.metrics.state_refeed(len(ids))
+        return await self._feed(start, ids)
 
     async def _feed(self, state: RetentionState | None, ids: list[int]
                     ) -> RetentionState | None:

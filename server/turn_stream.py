@@ -52,6 +52,7 @@ class Choice:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     final_state: RetentionState | None = None  # after reply + end-of-turn (engine-fed)
+    prompt_state: RetentionState | None = None  # after the prompt, when asked for
     is_stopped_by_string: bool = False
     last_token_time: float | None = None
     tool_parser: ToolCallParser | None = None  # when the output may hold tool calls
@@ -218,6 +219,8 @@ class TurnStream:
                     self.metrics.token_gap(now - choice.last_token_time)
                 choice.last_token_time = now
             choice.token_ids += output.token_ids
+            if output.prompt_state is not None:
+                choice.prompt_state = output.prompt_state
             self.usage.completion_tokens += len(output.token_ids)
             text, calls = output.text, []
             if choice.tool_parser is not None:  # stop strings apply to content, not calls

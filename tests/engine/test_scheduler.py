@@ -201,6 +201,22 @@ def test_abort_frees_the_slot_at_once(make_engine):
     assert engine.stats().num_slots_used == 0
 
 
+def test_the_prompt_state_comes_with_the_first_output_only(make_engine, tiny_model):
+    engine = make_engine()
+    p = prompt(5, 90)
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    outputs = engine.generate([Request("p", p, params, return_prompt_state=True),
+                               Request("q", prompt(6, 30), params)])
+    first, *rest = outputs["p"]
+    assert all(o.prompt_state is None for o in [*rest, *outputs["q"]])
+    with torch.inference_mode():
+        _, reference = tiny_model.prefill(torch.tensor([p]))
+    assert first.prompt_state.num_tokens.item() == len(p)
+    torch.testing.assert_close(first.prompt_state.kv, reference.kv, atol=1e-4, rtol=1e-4)
+    merged = first.merged(rest[0])  # a consumer that fell behind keeps it too
+    assert merged.prompt_state is first.prompt_state
+
+
 def test_initial_state_row_is_loaded_not_shared(make_engine):
     engine = make_engine()
     state = RetentionState.empty(engine.model.config, 1)

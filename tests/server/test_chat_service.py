@@ -15,7 +15,7 @@ import torch
 from engine.checkpoint import load_model
 from engine.sampling import SamplingParams
 from engine.sequence import Request
-from server.chat_service import ServiceOptions
+from server.chat_service import PROMPT_STATE_MIN, ServiceOptions
 from server.chat_turn import ChatTurn
 from server.local_service import close_service, local_service
 from server.state_records import state_from_record
@@ -184,3 +184,25 @@ async def test_with_reuse_off_a_reply_is_never_fed_again(make_service):
     assert fed[True] > 48  # refed: the sampled tokens are not the text's (past its end)
     assert counted == {True: fed[True]}  # the whole turn, counted for /metrics
     assert fed[False] == 0
+
+
+async def test_a_long_prompt_is_not_fed_again_with_its_reply(make_service, model):
+    """A reply fed again for an exact stored state starts from the state after the prompt
+    (kept for prompts of PROMPT_STATE_MIN tokens or more), and the stored state is still the
+    conversation fed whole."""
+    service = make_service()
+    counted = []
+
+    class Refeeds(TurnMetrics):
+        def state_refeed(self, num_tokens: int) -> None:
+            counted.append(num_tokens)
+
+    service.metrics = Refeeds()
+    messages = [user(unique("Remember these words: " + " ".join(["kettle", "marble"] * 60)))]
+    prompt = len(service.tokenizer.encode_chat(messages))
+    assert prompt >= PROMPT_STATE_MIN
+    stream, _ = await turn(service, messages, SamplingParams(max_tokens=24, temperature=1.0,
+                                                             seed=5, ignore_eos=True))
+    assert counted and counted[0] <= 24 + 4  # the reply and its end of turn, not the prompt
+    await assert_state_is_the_conversation_fed_whole(
+        service, model, [*messages, {"role": "assistant", "content": reply_text(stream)}])
