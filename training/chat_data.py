@@ -102,7 +102,8 @@ _FACT_PHRASES: dict[str, tuple[list[str], list[str]]] = {
         ["What is my lucky number?", "Which number is my lucky number?"],
     ),
 }
-_ACKS = ["Got it.", "Noted.", "I will remember that.", "Okay!", "Thanks for telling me."]
+ACKS = [  # what the model says when told a fact
+    "Got it.", "Noted.", "I will remember that.", "Okay!", "Thanks for telling me."]
 _NOT_TOLD = "You have not told me yet."
 
 _SMALL_TALK = [
@@ -149,7 +150,7 @@ def _filler_turn(rng: random.Random) -> tuple[str, str]:
 
 
 def _tell(rng: random.Random, kind: str, value: str) -> tuple[str, str]:
-    return rng.choice(_FACT_PHRASES[kind][0]).format(v=value), rng.choice(_ACKS)
+    return rng.choice(_FACT_PHRASES[kind][0]).format(v=value), rng.choice(ACKS)
 
 
 def _ask(rng: random.Random, kind: str) -> str:

@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 
 from tests.playground.conftest import artifact, requests_running, with_fields
 from tests.playground.playground_page import Playground
+from training.chat_data import ACKS
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def session(server, session_id: str) -> httpx.Response:
 
 def test_second_turn_feeds_only_its_new_tokens_and_recalls_the_first(playground, server):
     first = playground.ask("My name is Ingrid.")
-    assert playground.reply(first) == "Noted."
+    assert playground.reply(first) in ACKS  # an acknowledgement the model learned
     second = playground.ask("What is my name?")
     assert "Ingrid" in playground.reply(second)
 

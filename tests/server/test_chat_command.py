@@ -10,6 +10,7 @@ from engine.tokenizer import Tokenizer
 from server.chat_service import ServiceOptions
 from server.commands.chat import LocalChat
 from server.local_service import close_service, local_service
+from training.chat_data import ACKS
 from training.eval_recall import reply
 
 
@@ -50,7 +51,8 @@ async def test_the_terminal_chat_is_a_client_of_a_running_server(start_server):
     server = start_server(store_url="memory://")
     chat = RemoteChat(server.url)
     try:
-        assert await chat.reply("My name is Ingrid.") == "Noted."
+        told = await chat.reply("My name is Ingrid.")
+        assert told in ACKS  # an acknowledgement the model learned
         assert chat.num_cached_tokens == 0
         assert await chat.reply("What is my name?") == "Ingrid"
         assert chat.num_cached_tokens > 0
@@ -63,4 +65,4 @@ async def test_the_terminal_chat_is_a_client_of_a_running_server(start_server):
                           input="My name is Ingrid.\nWhat is my name?\n", capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["bot>", "Noted.", "bot>", "Ingrid"]
+    assert done.stdout.split() == ["bot>", *told.split(), "bot>", "Ingrid"]  # greedy: the same

@@ -203,6 +203,7 @@ async def test_a_long_prompt_is_not_fed_again_with_its_reply(make_service, model
     assert prompt >= PROMPT_STATE_MIN
     stream, _ = await turn(service, messages, SamplingParams(max_tokens=24, temperature=1.0,
                                                              seed=5, ignore_eos=True))
-    assert counted and counted[0] <= 24 + 4  # the reply and its end of turn, not the prompt
-    await assert_state_is_the_conversation_fed_whole(
-        service, model, [*messages, {"role": "assistant", "content": reply_text(stream)}])
+    told = [*messages, {"role": "assistant", "content": reply_text(stream)}]
+    whole = len(service.tokenizer.encode_chat(told, add_generation_prompt=False))
+    assert counted == [whole - prompt]  # the reply and its end of turn, not the prompt
+    await assert_state_is_the_conversation_fed_whole(service, model, told)
