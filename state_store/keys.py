@@ -123,11 +123,12 @@ class _ChainSteps:
         return self._steps.get(step)
 
     def put(self, step: tuple[bytes, str, str], following: bytes, num_chars: int) -> None:
-        if self._chars + num_chars > self.max_chars:
+        size = num_chars + 64  # the content and, roughly, the entry around it
+        if self._chars + size > self.max_chars:
             self._steps.clear()
             self._chars = 0
         self._steps[step] = following
-        self._chars += num_chars + 64
+        self._chars += size
 
 
 _chain_steps = _ChainSteps()

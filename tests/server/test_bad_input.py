@@ -162,3 +162,23 @@ def test_a_lone_surrogate_is_refused_however_the_body_spells_it(http):
     assert "\\ud83d\\ude00" in pair
     assert http.post("/v1/chat/completions", content=pair,
                      headers={"content-type": "application/json"}).status_code == 200
+
+
+def test_every_route_with_a_body_refuses_lone_surrogates():
+    """The check lives on the routers (their route class), not on the models: a route added
+    with a body must get it too, or surrogates reach the tokenizer, the keys and the logs."""
+    import importlib
+    import pkgutil
+
+    from fastapi.routing import APIRoute
+
+    import server.routes
+    from server.unicode_route import UnicodeCheckedRoute
+
+    with_body = [route for info in pkgutil.iter_modules(server.routes.__path__)
+                 for route in importlib.import_module(f"server.routes.{info.name}").router.routes
+                 if isinstance(route, APIRoute) and route.body_field is not None]
+    assert {r.path for r in with_body} >= {"/v1/chat/completions", "/v1/completions",
+                                           "/v1/responses", "/v1/sessions/{session_id}/fork"}
+    assert all(isinstance(r, UnicodeCheckedRoute) for r in with_body), [
+        r.path for r in with_body if not isinstance(r, UnicodeCheckedRoute)]

@@ -162,6 +162,16 @@ async def test_a_conversation_at_rest_holds_one_or_two_records_after_50_turns(ma
     assert 1 <= len(record_keys(redis_url, service)) <= 2
 
 
+class Refeeds(TurnMetrics):
+    """Records the tokens of each refeed the service reports."""
+
+    def __init__(self):
+        self.tokens: list[int] = []
+
+    def state_refeed(self, num_tokens: int) -> None:
+        self.tokens.append(num_tokens)
+
+
 async def test_with_reuse_off_a_reply_is_never_fed_again(make_service):
     """A sampled reply whose tokens are not its text's own tokens is fed again (from the state
     before the turn) to store the exact state; with reuse off nothing is stored, so nothing is
@@ -169,20 +179,16 @@ async def test_with_reuse_off_a_reply_is_never_fed_again(make_service):
     sampled = SamplingParams(max_tokens=48, temperature=1.0, seed=3, ignore_eos=True)
     messages = [user(unique("Tell me a story."))]
     fed, counted = {}, {}
-
-    class Refeeds(TurnMetrics):
-        def state_refeed(self, num_tokens: int) -> None:
-            counted[reuse] = counted.get(reuse, 0) + num_tokens
-
     for reuse in (True, False):
         service = make_service(reuse_states=reuse)
-        service.metrics = Refeeds()
+        service.metrics = counted[reuse] = Refeeds()
         stream, _ = await turn(service, messages, sampled)
         # the prompt's last token is fed by the first decode step
         prompt = len(service.tokenizer.encode_chat(messages)) - 1
         fed[reuse] = service.engine.stats().num_prefill_tokens - prompt
     assert fed[True] > 48  # refed: the sampled tokens are not the text's (past its end)
-    assert counted == {True: fed[True]}  # the whole turn, counted for /metrics
+    # the whole turn, counted for /metrics
+    assert counted[True].tokens == [fed[True]] and counted[False].tokens == []
     assert fed[False] == 0
 
 
@@ -191,13 +197,7 @@ async def test_a_long_prompt_is_not_fed_again_with_its_reply(make_service, model
     (kept for prompts of PROMPT_STATE_MIN tokens or more), and the stored state is still the
     conversation fed whole."""
     service = make_service()
-    counted = []
-
-    class Refeeds(TurnMetrics):
-        def state_refeed(self, num_tokens: int) -> None:
-            counted.append(num_tokens)
-
-    service.metrics = Refeeds()
+    service.metrics = counted = Refeeds()
     messages = [user(unique("Remember these words: " + " ".join(["kettle", "marble"] * 60)))]
     prompt = len(service.tokenizer.encode_chat(messages))
     assert prompt >= PROMPT_STATE_MIN
@@ -205,5 +205,5 @@ async def test_a_long_prompt_is_not_fed_again_with_its_reply(make_service, model
                                                              seed=5, ignore_eos=True))
     told = [*messages, {"role": "assistant", "content": reply_text(stream)}]
     whole = len(service.tokenizer.encode_chat(told, add_generation_prompt=False))
-    assert counted == [whole - prompt]  # the reply and its end of turn, not the prompt
+    assert counted.tokens == [whole - prompt]  # the reply and its end of turn, not the prompt
     await assert_state_is_the_conversation_fed_whole(service, model, told)
