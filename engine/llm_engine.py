@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 
+from engine.config import ModelConfig
 from engine.constraints import Constraints
 from engine.cpu_linear import can_pack, packed_copy
 from engine.engine_config import EngineConfig
+from engine.engine_info import EngineInfo
 from engine.engine_stats import EngineStats
 from engine.errors import InvalidRequestError
 from engine.model import RetNet
@@ -103,21 +105,18 @@ class LLMEngine:
 
     # requests ----------------------------------------------------------------------------
 
-    def make_sequence(self, request: Request) -> Sequence:
-        """Validates a request (InvalidRequestError) and wraps it; nothing is queued yet."""
-        vocab = self.model.config.vocab_size
-        if not isinstance(request.params, SamplingParams):
-            raise InvalidRequestError("params must be SamplingParams")
-        if not request.prompt_ids:
-            raise InvalidRequestError("the prompt is empty: at least one new token is needed")
-        for what, ids in (("prompt_ids", request.prompt_ids),
-                          ("trailing_ids", request.trailing_ids),
-                          ("sampling token ids", request.params.token_ids())):
-            if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
-                raise InvalidRequestError(f"{what}: token ids must be integers in [0, {vocab})")
-        if (request.params.logprobs or 0) > self.config.max_logprobs:
-            raise InvalidRequestError(f"logprobs must be <= {self.config.max_logprobs}")
-        self._check_initial_state(request)
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(model_config=self.model.config,
+                          model_fingerprint=self.model_fingerprint,
+                          state_dtype=self.pool.kv.dtype, num_slots=self.pool.num_slots,
+                          config=self.config)
+
+    def make_sequence(self, request: Request, is_checked: bool = False) -> Sequence:
+        """Validates a request (InvalidRequestError; `is_checked`: `check_request` passed it
+        already) and wraps it; nothing is queued yet."""
+        if not is_checked:
+            check_request(request, self.model.config, self.config)
         stop_ids = frozenset(request.params.stop_token_ids)
         if not request.params.ignore_eos:
             stop_ids |= self.default_stop_ids
@@ -138,20 +137,6 @@ class LLMEngine:
                 self.tokenizer.to_json(), self.model.config.vocab_size,
                 self.tokenizer.stop_token_ids, self.pool.num_slots, self.config.torch_device)
         return self._constraints
-
-    def _check_initial_state(self, request: Request) -> None:
-        state, mc = request.initial_state, self.model.config
-        if state is None:
-            return
-        if not isinstance(state, RetentionState):
-            raise InvalidRequestError("initial_state must be a RetentionState")
-        rows = [shape for shape in state_shapes(mc) if shape is not None]
-        given = [tuple(t.shape) for t in state.tensors]
-        if given != rows or tuple(state.num_tokens.shape) != (1,):
-            raise InvalidRequestError(f"initial state must be one row of shapes {rows}, "
-                                      f"got {given}")
-        if int(state.num_tokens[0]) < 0:
-            raise InvalidRequestError("initial state: token count must be >= 0")
 
     def add_request(self, request: Request) -> None:
         self.add_sequence(self.make_sequence(request))
@@ -350,3 +335,32 @@ class LLMEngine:
             for output in self.step():
                 results[output.request_id].append(output)
         return results
+
+
+def check_request(request: Request, mc: ModelConfig, config: EngineConfig) -> None:
+    """What an engine of this model and these settings refuses (InvalidRequestError); needs
+    neither the model's weights nor its device, so a caller may check before it submits."""
+    vocab = mc.vocab_size
+    if not isinstance(request.params, SamplingParams):
+        raise InvalidRequestError("params must be SamplingParams")
+    if not request.prompt_ids:
+        raise InvalidRequestError("the prompt is empty: at least one new token is needed")
+    for what, ids in (("prompt_ids", request.prompt_ids),
+                      ("trailing_ids", request.trailing_ids),
+                      ("sampling token ids", request.params.token_ids())):
+        if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+            raise InvalidRequestError(f"{what}: token ids must be integers in [0, {vocab})")
+    if (request.params.logprobs or 0) > config.max_logprobs:
+        raise InvalidRequestError(f"logprobs must be <= {config.max_logprobs}")
+    state = request.initial_state
+    if state is None:
+        return
+    if not isinstance(state, RetentionState):
+        raise InvalidRequestError("initial_state must be a RetentionState")
+    rows = [shape for shape in state_shapes(mc) if shape is not None]
+    given = [tuple(t.shape) for t in state.tensors]
+    if given != rows or tuple(state.num_tokens.shape) != (1,):
+        raise InvalidRequestError(f"initial state must be one row of shapes {rows}, "
+                                  f"got {given}")
+    if int(state.num_tokens[0]) < 0:
+        raise InvalidRequestError("initial state: token count must be >= 0")

@@ -15,6 +15,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape othe
 # retserve's /metrics names (server/metrics.py) this probe reads, summed over replicas
 SERVER_GAUGES = {
     "retserve_process_resident_memory_bytes": "server_rss_bytes",
+    "retserve_engine_process_resident_memory_bytes": "server_rss_bytes",  # its engine process
     "retserve_num_requests_running": "num_requests_running",
     "retserve_num_requests_waiting": "num_requests_waiting",
     "retserve_state_slots_used": "state_slots_used",

@@ -2,7 +2,7 @@
 `retserve eval recall` all call it; nothing else talks to both the store and the engine.
 
     render the messages -> longest stored prefix (or the session's state) -> encode only the
-    continuation -> AsyncEngine.generate -> the template's end-of-turn tokens fed -> the state
+    continuation -> EngineClient.generate -> the template's end-of-turn tokens fed -> the state
     saved under the key of the conversation including the reply -> the session pointer moved
 
 The reply's text is the one rule for what was said: the streamed text deltas joined, stop
@@ -22,8 +22,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
-from engine.async_engine import AsyncEngine
 from engine.dtypes import dtype_from_name
+from engine.engine_client import EngineClient
 from engine.sampling import SamplingParams
 from engine.sequence import Request
 from engine.state import RetentionState
@@ -65,7 +65,7 @@ class ServiceOptions:
 
 
 class ChatService:
-    def __init__(self, engine: AsyncEngine, tokenizer: Tokenizer,
+    def __init__(self, engine: EngineClient, tokenizer: Tokenizer,
                  conversations: ConversationStore | None = None,
                  options: ServiceOptions | None = None, metrics: TurnMetrics = NO_METRICS):
         self.engine = engine
@@ -74,10 +74,10 @@ class ChatService:
         self.conversations = conversations
         self.options = options or ServiceOptions()
         self.metrics = metrics
-        llm = engine.engine
-        self.model_config = llm.model.config
-        self.model_fingerprint = llm.model_fingerprint
-        self._pool_dtype = llm.pool.kv.dtype
+        info = engine.info
+        self.model_config = info.model_config
+        self.model_fingerprint = info.model_fingerprint
+        self._pool_dtype = info.state_dtype
         self._state_dtype = dtype_from_name(self.options.state_dtype)
         self.num_active = 0
         self.last_store_error: tuple[float, str] | None = None  # (unix time, what failed)

@@ -30,7 +30,7 @@ def local_service(model_dir: str | Path | None = None, *, model: RetNet | None =
     engine = AsyncEngine(LLMEngine(model, config, tokenizer))
     store = open_store(store_url)
     conversations = ConversationStore(
-        store, engine.engine.model_fingerprint, namespace=namespace,
+        store, engine.info.model_fingerprint, namespace=namespace,
         hot_cache=HotCache(hot_cache_bytes) if hot_cache_bytes else None)
     return ChatService(engine, tokenizer, conversations, options)
 

@@ -1,6 +1,7 @@
 """Prometheus metrics at /metrics: names and buckets after vLLM's where the meaning is the same
 (prefix `retserve_`, label `model_name`), so existing dashboards carry over; plus what only a
-state server has: store operations, state bytes, slots, batch size per step, resident memory.
+state server has: store operations, state bytes, slots, batch size per step, resident memory
+(of the engine process too, where it has one).
 
 Counters and histograms of turns are updated as turns run (`ServerMetrics` implements the chat
 service's TurnMetrics); engine and store figures are read when scraped.
@@ -72,8 +73,13 @@ class ServerMetrics(TurnMetrics):
         ProcessCollector(namespace=PREFIX, registry=reg)  # resident memory, CPU, open fds
 
     def attach(self, read_engine: Callable[[], object], read_store: Callable[[], dict],
-               state_bytes: int, is_store_up: Callable[[], bool]) -> None:
-        """Scrape-time figures of the loaded engine and store."""
+               state_bytes: int, is_store_up: Callable[[], bool],
+               engine_pid: int | None = None) -> None:
+        """Scrape-time figures of the loaded engine and store; with `engine_pid`, the engine
+        process's memory and CPU as `retserve_engine_process_*`."""
+        if engine_pid is not None:
+            ProcessCollector(namespace=f"{PREFIX}_engine", pid=lambda: engine_pid,
+                             registry=self.registry)
         self.registry.register(_LiveCollector(self.model_name, read_engine, read_store,
                                               state_bytes, is_store_up))
 

@@ -11,10 +11,13 @@ import torch
 
 from engine.async_engine import AsyncEngine
 from engine.dtypes import dtype_from_name
+from engine.engine_client import EngineClient
 from engine.engine_config import EngineConfig
+from engine.engine_process import EngineLaunch, ProcessEngine
 from engine.llm_engine import LLMEngine
 from engine.tokenizer import Tokenizer
 from server.chat_service import ChatService, ServiceOptions
+from server.malloc_tuning import tune_malloc
 from server.metrics import ServerMetrics
 from server.protocol.common import Limits
 from server.settings import Settings
@@ -30,7 +33,7 @@ STORE_DEGRADED_SECONDS = 30.0  # a store error this recent keeps /ready at "degr
 class Runtime:
     settings: Settings
     tokenizer: Tokenizer
-    engine: AsyncEngine
+    engine: EngineClient
     store: StateStore
     conversations: ConversationStore
     service: ChatService
@@ -50,12 +53,17 @@ class Runtime:
             max_num_batched_tokens=max(2048, 2 * settings.max_num_seqs + 512),
             device=settings.device, dtype=settings.dtype, num_threads=settings.num_threads,
             stream_interval=settings.stream_interval)
-        engine = AsyncEngine(LLMEngine.from_checkpoint(settings.model, config, tokenizer))
+        if settings.engine_process:
+            engine: EngineClient = ProcessEngine(EngineLaunch(
+                str(settings.model.resolve()), config, str(settings.model.resolve()),
+                setup=tune_malloc))
+        else:
+            engine = AsyncEngine(LLMEngine.from_checkpoint(settings.model, config, tokenizer))
         store = open_store(settings.resolved_store_url, default_ttl=settings.state_ttl,
                            timeout=settings.store_timeout)
-        llm = engine.engine
+        info = engine.info
         hot_cache = HotCache(settings.hot_cache_mb * 2**20) if settings.hot_cache_mb else None
-        conversations = ConversationStore(store, llm.model_fingerprint, hot_cache=hot_cache,
+        conversations = ConversationStore(store, info.model_fingerprint, hot_cache=hot_cache,
                                           namespace=settings.store_namespace,
                                           ttl=settings.state_ttl)
         options = ServiceOptions(
@@ -66,25 +74,25 @@ class Runtime:
         service = ChatService(engine, tokenizer, conversations, options, metrics)
         limits = Limits(max_output_tokens=settings.max_output_tokens,
                         default_max_tokens=settings.default_max_tokens, max_n=settings.max_n,
-                        vocab_size=llm.model.config.vocab_size)
-        responses = ResponseStore(store, llm.model_fingerprint, ttl=settings.response_ttl,
+                        vocab_size=info.model_config.vocab_size)
+        responses = ResponseStore(store, info.model_fingerprint, ttl=settings.response_ttl,
                                   max_per_tenant=settings.max_responses_per_tenant,
                                   namespace=settings.store_namespace, hot_cache=hot_cache)
         runtime = cls(settings, tokenizer, engine, store, conversations, service,
                       TokenText(tokenizer, settings.model / "tokenizer.json"), limits,
                       int(time.time()), responses)
         metrics.attach(engine.stats, store.stats.snapshot, runtime.state_bytes,
-                       runtime.is_store_up)
+                       runtime.is_store_up, engine.pid)
         logger.info("loaded %s (%s, fingerprint %s), %d state slots of %d bytes, store %s",
-                    settings.model_name, settings.model, llm.model_fingerprint[:12],
-                    llm.pool.num_slots, runtime.state_bytes, store.backend)
+                    settings.model_name, settings.model, info.model_fingerprint[:12],
+                    info.num_slots, runtime.state_bytes, store.backend)
         return runtime
 
     @property
     def state_bytes(self) -> int:
         """Bytes of one conversation's stored state: fixed by the model, whatever its length."""
         itemsize = torch.finfo(dtype_from_name(self.settings.state_dtype)).bits // 8
-        return self.engine.engine.model.config.state_numel * itemsize
+        return self.engine.info.model_config.state_numel * itemsize
 
     def is_store_up(self) -> bool:
         failed = self.service.last_store_error

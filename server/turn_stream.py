@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from engine.async_engine import AsyncEngine
+from engine.engine_client import EngineClient
 from engine.errors import EngineOverloaded, InvalidRequestError
 from engine.sampling import TokenLogprob
 from engine.sequence import Request
@@ -74,7 +74,7 @@ class Choice:
 
 
 class TurnStream:
-    def __init__(self, engine: AsyncEngine, choices: list[Choice], usage: Usage,
+    def __init__(self, engine: EngineClient, choices: list[Choice], usage: Usage,
                  metrics: TurnMetrics, *, prefill: Request | None = None,
                  deadline: float | None = None,
                  on_complete: Callable[[TurnStream], Awaitable[None]] | None = None,

@@ -40,10 +40,18 @@ def _status_docs(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
             responses=_status_docs(Status))
 async def health(request: Request) -> JSONResponse:
     lifecycle = request.app.state.lifecycle
-    if request.app.state.runtime is None:
+    runtime = request.app.state.runtime
+    if runtime is None:
         return JSONResponse({"status": lifecycle.phase, "error": lifecycle.failure},
                             status_code=503)
+    if not runtime.engine.is_alive and not lifecycle.is_draining:  # restart me
+        return _engine_stopped()
     return JSONResponse({"status": "ok"})
+
+
+def _engine_stopped() -> JSONResponse:
+    return JSONResponse({"status": "failed", "error": "the engine has stopped"},
+                        status_code=503)
 
 
 @router.get("/ready", summary="Readiness: 200 when requests can be served (the body says if the "
@@ -54,6 +62,8 @@ async def ready(request: Request) -> JSONResponse:
     if runtime is None or lifecycle.is_draining:
         return JSONResponse({"status": lifecycle.phase, "error": lifecycle.failure},
                             status_code=503)
+    if not runtime.engine.is_alive:
+        return _engine_stopped()
     problem = await runtime.check_store()
     body = {"status": "ready", "store": "ok" if problem is None else "degraded",
             "store_backend": runtime.store.backend,

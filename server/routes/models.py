@@ -23,7 +23,7 @@ def check_model(runtime: Runtime, name: str) -> str:
 
 
 def _card(runtime: Runtime) -> ModelCard:
-    config = runtime.engine.engine.model.config
+    config = runtime.engine.info.model_config
     return ModelCard(id=runtime.settings.model_name, created=runtime.created,
                      max_model_len=runtime.settings.max_prompt_tokens,
                      state_bytes=runtime.state_bytes,

@@ -106,7 +106,7 @@ async def test_a_stream_interval_joins_tokens_after_the_first(make_async):
         async for output in stream:
             if output.num_generated_tokens >= 6:
                 break
-    await wait_until(lambda: joined.stats().num_slots_used == 0 and not joined._held)
+    await wait_until(lambda: joined.stats().num_slots_used == 0 and not joined.core.num_held)
     assert joined.num_streams == 0
 
 
@@ -219,7 +219,7 @@ async def test_a_thousand_requests_a_third_aborted_leave_nothing_behind(make_asy
     assert pool.num_free == pool.num_slots and pool.nbytes == pool_bytes
     assert pool.kv.data_ptr() == kv_ptr
     assert engine.num_streams == 0 and not engine.engine.has_unfinished_requests()
-    assert not engine.engine.scheduler._by_slot and engine._inbox.empty()
+    assert not engine.engine.scheduler._by_slot and engine.core.num_queued == 0
     assert len(gc.get_objects()) - num_objects < 2000
     assert rss_bytes() - rss < 32 * 2**20
 
