@@ -53,14 +53,15 @@ class Runtime:
             max_num_batched_tokens=max(2048, 2 * settings.max_num_seqs + 512),
             device=settings.device, dtype=settings.dtype, num_threads=settings.num_threads,
             stream_interval=settings.stream_interval)
+        # before the engine: a store URL that cannot be opened leaves no engine running
+        store = open_store(settings.resolved_store_url, default_ttl=settings.state_ttl,
+                           timeout=settings.store_timeout)
         if settings.engine_process:
             engine: EngineClient = ProcessEngine(EngineLaunch(
                 str(settings.model.resolve()), config, str(settings.model.resolve()),
                 setup=tune_malloc))
         else:
             engine = AsyncEngine(LLMEngine.from_checkpoint(settings.model, config, tokenizer))
-        store = open_store(settings.resolved_store_url, default_ttl=settings.state_ttl,
-                           timeout=settings.store_timeout)
         info = engine.info
         hot_cache = HotCache(settings.hot_cache_mb * 2**20) if settings.hot_cache_mb else None
         conversations = ConversationStore(store, info.model_fingerprint, hot_cache=hot_cache,
