@@ -92,6 +92,21 @@ class ShortConv(nn.Module):
             y = torch.addcmul(y, window[:, j : j + t], taps[j])
         return (F.silu(y) if self.activation == "silu" else y), window[:, t:]
 
+    def step_(self, x: Tensor, state: Tensor) -> Tensor:
+        """One token per row, x: [B, 1, C]; state [B, K-1, C] shifted in place -> y [B, 1, C].
+        The numbers of `forward`, without building the window: a decode step's temporary of
+        a window per layer was its slowest op at 64 rows (fresh memory every step)."""
+        kernel = self.weight.shape[-1]
+        taps = self.weight[:, 0].t().to(x.dtype)  # [K, C]
+        y = state[:, :1].to(x.dtype) * taps[0]
+        for j in range(1, kernel - 1):
+            y = torch.addcmul(y, state[:, j : j + 1].to(x.dtype), taps[j])
+        y = torch.addcmul(y, x, taps[kernel - 1])
+        for j in range(kernel - 2):  # oldest input out, the new one in
+            state[:, j].copy_(state[:, j + 1])
+        state[:, -1:].copy_(x)
+        return F.silu(y) if self.activation == "silu" else y
+
 
 @dataclass
 class Positions:
@@ -117,15 +132,19 @@ class MultiScaleRetention(nn.Module):
         self.qkv_conv = ShortConv(config.conv_channels, config.short_conv,
                                   config.short_conv_activation) if config.short_conv else None
 
-    def _qkvg(self, x: Tensor, pos: Positions, conv: Tensor | None
+    def _qkvg(self, x: Tensor, pos: Positions, conv: Tensor | None, mode: str
               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """x: [B, T, D] -> q, k: [B, H, T, Dk], v: [B, H, T, Dv] in the accumulation dtype, the
-        gate g [B, T, Dv], and the short convolution's new state (None without one)."""
+        gate g [B, T, Dv], and the short convolution's new state (None without one; in the
+        recurrent form the given one, updated in place)."""
         c = self.config
         b, t, _ = x.shape
         qkv, g = self.qkvg_proj(x).split([2 * c.qk_dim + c.v_dim, c.v_dim], dim=-1)
         if self.qkv_conv is not None:
-            qkv, conv = self.qkv_conv(qkv, conv)
+            if mode == "recurrent" and conv is not None:
+                qkv = self.qkv_conv.step_(qkv, conv)
+            else:
+                qkv, conv = self.qkv_conv(qkv, conv)
         qk = rotate(qkv[..., : 2 * c.qk_dim].unflatten(-1, (2, c.num_heads, c.head_qk_dim)),
                     pos.rot, c.rotary)  # [B, T, 2, H, Dk]
         q, k = qk.permute(2, 0, 3, 1, 4)  # [B, H, T, Dk] each
@@ -143,7 +162,7 @@ class MultiScaleRetention(nn.Module):
         """x: [B, T, D]; state: [B, H, Dk, Dv] or None; conv: [B, K-1, C] or None -> output,
         new state, new conv state."""
         c = self.config
-        q, k, v, g, conv = self._qkvg(x, pos, conv)
+        q, k, v, g, conv = self._qkvg(x, pos, conv, mode)
         if mode == "parallel":
             o = retention.parallel_retention(q, k, v, log_gamma, c.state_norm)
             return self._output(x, o, g), None, conv
@@ -320,6 +339,7 @@ class RetNet(nn.Module):
                 kv[i].copy_(s)
         if conv is not None:
             for i, cs in enumerate(convs):
-                conv[i].copy_(cs)
+                if cs.data_ptr() != conv[i].data_ptr():  # ShortConv.step_ works in place
+                    conv[i].copy_(cs)
         positions += 1
         return logits[:, 0]
