@@ -1,5 +1,6 @@
-"""AsyncEngine: streaming, batch invariance through the thread, aborts and disconnects that
-leave nothing behind, follow-up turns from a returned state, refused input."""
+"""The engine clients (`make_client`: AsyncEngine's thread and ProcessEngine's process, both):
+streaming, batch invariance, aborts and disconnects that leave nothing behind, follow-up turns
+from a returned state, refused input; and what only the thread version can show from inside."""
 
 import asyncio
 import gc
@@ -15,36 +16,7 @@ from engine.errors import EngineOverloaded, InvalidRequestError
 from engine.sampling import SamplingParams
 from engine.sequence import Request
 from engine.state import RetentionState
-
-
-def prompt(seed: int, length: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(300) for _ in range(length)]
-
-
-@pytest.fixture
-def make_async(make_engine):
-    engines = []
-
-    def make(**overrides):
-        engines.append(AsyncEngine(make_engine(**overrides)))
-        return engines[-1]
-
-    yield make
-    for engine in engines:
-        engine.shutdown()
-
-
-async def collect(engine: AsyncEngine, request: Request):
-    return [output async for output in engine.generate(request)]
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.005)):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
+from tests.engine.streams import collect, prompt, wait_until
 
 
 def rss_bytes() -> int:
@@ -54,8 +26,8 @@ def rss_bytes() -> int:
     return 0
 
 
-async def test_streams_tokens_then_a_final_output_with_usage(make_async):
-    engine = make_async()
+async def test_streams_tokens_then_a_final_output_with_usage(make_client):
+    engine = make_client()
     outputs = await collect(engine, Request("a", prompt(0, 30), SamplingParams(
         temperature=0.0, max_tokens=6, ignore_eos=True)))
     # one token per step; a consumer that falls behind may take several at once
@@ -68,8 +40,8 @@ async def test_streams_tokens_then_a_final_output_with_usage(make_async):
     assert engine.num_streams == 0 and engine.stats().num_slots_used == 0
 
 
-async def test_a_consumer_that_falls_behind_gets_what_piled_up_as_one_output(make_async):
-    engine = make_async()
+async def test_a_consumer_that_falls_behind_gets_what_piled_up_as_one_output(make_client):
+    engine = make_client()
     params = SamplingParams(temperature=0.8, seed=3, max_tokens=24, ignore_eos=True,
                             logprobs=2)
     prompt_ids = prompt(1, 20)
@@ -110,8 +82,8 @@ async def test_a_stream_interval_joins_tokens_after_the_first(make_async):
     assert joined.num_streams == 0
 
 
-async def test_concurrent_requests_match_one_at_a_time(make_async):
-    engine = make_async()
+async def test_concurrent_requests_match_one_at_a_time(make_client):
+    engine = make_client()
     rng = random.Random(5)
     requests = [Request(f"r{i}", prompt(i, rng.randint(1, 200)), SamplingParams(
         temperature=0.0 if i % 2 else 0.9, seed=i, top_k=50, max_tokens=rng.randint(3, 25),
@@ -122,8 +94,8 @@ async def test_concurrent_requests_match_one_at_a_time(make_async):
         assert [t for o in outputs for t in o.token_ids] == [t for o in alone for t in o.token_ids]
 
 
-async def test_follow_up_turn_resumes_from_the_returned_state(make_async, tiny_model):
-    engine = make_async()
+async def test_follow_up_turn_resumes_from_the_returned_state(make_client, tiny_model):
+    engine = make_client()
     turn1 = prompt(1, 40)
     first = await collect(engine, Request("t1", turn1, SamplingParams(
         temperature=0.0, max_tokens=5, ignore_eos=True), return_state=True, trailing_ids=(9,)))
@@ -163,8 +135,8 @@ async def test_closing_the_stream_aborts_and_frees_the_slot_within_a_step(make_a
     assert engine.num_streams == 0 and not engine.engine.has_unfinished_requests()
 
 
-async def test_abort_ends_the_stream_with_abort(make_async):
-    engine = make_async()
+async def test_abort_ends_the_stream_with_abort(make_client):
+    engine = make_client()
     stream = engine.generate(Request("x", prompt(5, 10), SamplingParams(max_tokens=10_000)))
     first = await anext(stream)
     engine.abort("x")
@@ -247,8 +219,8 @@ async def test_bad_input_is_refused_with_a_clear_error(make_async, bad):
     assert issubclass(InvalidRequestError, ValueError)
 
 
-async def test_bad_sampling_values_and_duplicate_ids_are_refused(make_async):
-    engine = make_async()
+async def test_bad_sampling_values_and_duplicate_ids_are_refused(make_client):
+    engine = make_client()
     with pytest.raises(InvalidRequestError):
         SamplingParams(max_tokens=0)
     with pytest.raises(InvalidRequestError):
@@ -260,13 +232,13 @@ async def test_bad_sampling_values_and_duplicate_ids_are_refused(make_async):
     await stream.aclose()
 
 
-async def test_full_waiting_queue_is_overloaded(make_async):
-    engine = make_async(max_num_seqs=1, max_waiting=2, max_num_batched_tokens=128)
+async def test_full_waiting_queue_is_overloaded(make_client):
+    engine = make_client(max_num_seqs=1, max_waiting=2, max_num_batched_tokens=128)
     params = SamplingParams(max_tokens=10_000)
     streams = [engine.generate(Request(f"q{i}", [1], params)) for i in range(3)]
     await anext(streams[0])  # running: the next two wait
     firsts = [asyncio.create_task(anext(s)) for s in streams[1:]]
-    await wait_until(lambda: engine.engine.num_waiting == 2)
+    await wait_until(lambda: engine.stats().num_waiting == 2)
     with pytest.raises(EngineOverloaded):
         engine.generate(Request("overflow", [1], params))
     for task in firsts:
@@ -300,11 +272,12 @@ async def test_text_deltas_come_from_the_incremental_detokenizer(tiny_tokenizer_
     assert "".join(o.text for o in outputs) == tokenizer.decode(content)
 
 
-async def test_shutdown_ends_open_streams(make_async):
-    engine = make_async()
+async def test_shutdown_ends_open_streams(make_client):
+    engine = make_client()
     stream = engine.generate(Request("s", [1, 2], SamplingParams(max_tokens=10_000)))
     await anext(stream)
     engine.shutdown()
+    assert not engine.is_alive
     with pytest.raises(RuntimeError):
         async for _ in stream:
             pass
