@@ -68,8 +68,12 @@ class ProcessEngine(EngineClient):
             pass_fds=(theirs.fileno(),), env={**os.environ, "PYTHONPATH": path})
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send_bytes(pickle.dumps(launch))
-        ready = self._wait_ready(timeout)
+        try:
+            self._conn.send_bytes(pickle.dumps(launch))
+            ready = self._wait_ready(timeout)
+        except BaseException:
+            self._conn.close()
+            raise
         self._info: EngineInfo = ready[1]
         self._stats: EngineStats = ready[2]
         self._num_sent = self._num_taken = 0  # "add" commands sent / taken by the engine
@@ -107,6 +111,7 @@ class ProcessEngine(EngineClient):
         try:
             message = pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError) as e:
+            self._proc.kill()
             raise EngineProcessError(
                 f"the engine process exited (code {self._proc.wait()}) before it was ready"
             ) from e
