@@ -108,21 +108,26 @@ async function send() {
   refresh();
   const body = { model, messages: [{ role: "user", content }], session_id: state.sessionId,
                  stream: true, stream_options: { include_usage: true }, ...sampling() };
+  let result = null;
   try {
-    const result = await streamTurn(api, body, state.controller.signal, (t) => view.show(t));
-    if (result.stopped) {
-      view.stopped(result);
-    } else {
-      view.finish(result);
-      await recordState();
-    }
+    result = await streamTurn(api, body, state.controller.signal, (t) => view.show(t));
   } catch (error) {
     view.failed(error.message);
     if (error instanceof ApiError && error.status === 401) await loadModels();
   } finally {
+    // the turn is over once its stream is: the next message may go while its state is read
+    // (a message sent in between was dropped while Send stayed disabled)
     state.controller = null;
     refresh();
     ui.prompt.focus();
+  }
+  if (result === null) return;
+  if (result.stopped) {
+    view.stopped(result);
+  } else {
+    view.finish(result);
+    await recordState();
+    refresh();
   }
 }
 

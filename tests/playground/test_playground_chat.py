@@ -52,6 +52,24 @@ def test_second_turn_feeds_only_its_new_tokens_and_recalls_the_first(playground,
     playground.page.screenshot(path=artifact("two-turns.png"), full_page=True)
 
 
+def test_a_message_sent_as_soon_as_a_reply_ends_is_not_dropped(playground):
+    """The page reads the stored state after each turn; a message sent while that read is
+    still on its way goes at once (it was dropped while Send waited for the read)."""
+    page = playground.page
+    held = []
+    page.route("**/v1/sessions/*", lambda route: held.append(route))  # released below
+    playground.ask("My name is Ingrid.")
+    second = playground.type_and_send("What is my name?")
+    expect(playground.turns).to_have_count(2, timeout=5000)
+    expect(second.locator(".stats[data-finish]")).to_have_count(1)
+    assert held
+    for route in held:
+        route.continue_()
+    page.unroute("**/v1/sessions/*")
+    assert "Ingrid" in playground.reply(second)
+    expect(page.locator("#memory-chart .point")).to_have_count(2)
+
+
 def test_stop_ends_the_stream_frees_the_slot_and_the_next_turn_goes_on(playground, server):
     playground.ask("My name is Ingrid.")
     # a reply that would run to 4,000 tokens: the end-of-turn token ignored, asked by the
