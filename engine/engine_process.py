@@ -152,6 +152,9 @@ class ProcessEngine(EngineClient):
                 self._deliver(items)
         except (EOFError, OSError):
             pass
+        except Exception:  # a message this side cannot read: no stream may wait on it forever
+            logger.exception("unreadable message from the engine process; stopping it")
+            self._proc.kill()
         if not self._is_stopped:
             logger.error("the engine process exited (code %s)", self._proc.wait())
             self._is_stopped = True
