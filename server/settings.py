@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     max_n: int = Field(16, ge=1, le=256, description="largest n (choices per request)")
     request_timeout: float = Field(600.0, gt=0, description="seconds a request may run")
     engine_process: bool = Field(True, description="run the engine in a process of its own "
-                                 "(off: a thread of the server's; both share the GIL)")
+                                 "(off: in a thread of the server's, sharing its GIL)")
     stream_interval: int = Field(1, ge=1, le=64, description="tokens per streamed chunk after "
                                  "the first: above 1, less serving work per token")
     keepalive_seconds: float = Field(10.0, gt=0, description="SSE comment on a stream idle "
