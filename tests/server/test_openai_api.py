@@ -4,6 +4,7 @@ stop strings, logprobs, completions."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -117,7 +118,9 @@ def test_logprobs_name_each_token_with_its_bytes_and_alternatives(client):
     assert all(t.logprob <= 0 and t.top_logprobs[0].logprob >= t.logprob - 1e-6
                for t in content)  # greedy: the chosen token is the best one
     text = bytes(b for t in content for b in t.bytes).decode("utf-8", errors="replace")
-    assert reply.choices[0].message.content in text
+    # the tokens spell the reply; special tokens (a tiny model may emit <|im_start|> mid-reply)
+    # have their bytes in logprobs but no text in the content, as in vLLM
+    assert reply.choices[0].message.content in re.sub(r"<\|[a-z_]+\|>", "", text)
 
 
 def test_completions_raw_prompt_streaming_and_not(client):
