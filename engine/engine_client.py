@@ -114,10 +114,16 @@ class EngineClient(ABC):
 
     def _deliver(self, items: list) -> None:
         """From the thread that receives outputs: onto the event loop, in one callback."""
-        if items and self._loop is not None:
+        if items:
+            self._on_loop(self._dispatch, items)
+
+    def _on_loop(self, callback, arg) -> None:
+        """Runs callback(arg) on the event loop, from any thread; nothing before the first
+        stream (nobody listens yet) or once the loop is closed (nobody listens any more)."""
+        if self._loop is not None:
             try:
-                self._loop.call_soon_threadsafe(self._dispatch, items)
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                self._loop.call_soon_threadsafe(callback, arg)
+            except RuntimeError:  # the event loop is closed
                 pass
 
     def _dispatch(self, items: list) -> None:

@@ -103,18 +103,19 @@ class ProcessEngine(EngineClient):
 
     def _wait_ready(self, timeout: float) -> tuple:
         deadline = time.monotonic() + timeout
-        while not self._conn.poll(0.1):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self._proc.kill()
-                raise EngineProcessError(
-                    f"the engine process exited (code {self._proc.wait()}) before it was ready")
-        try:
-            message = pickle.loads(self._conn.recv_bytes())
-        except (EOFError, OSError) as e:
+        message = None
+        while message is None:
+            if self._conn.poll(0.1):  # read before looking at the exit: "failed" then exit
+                try:
+                    message = pickle.loads(self._conn.recv_bytes())
+                except (EOFError, OSError):
+                    break
+            elif self._proc.poll() is not None or time.monotonic() > deadline:
+                break
+        if message is None:
             self._proc.kill()
             raise EngineProcessError(
-                f"the engine process exited (code {self._proc.wait()}) before it was ready"
-            ) from e
+                f"the engine process exited (code {self._proc.wait()}) before it was ready")
         if message[0] != "ready":
             self._proc.wait()
             raise EngineProcessError(f"the engine could not be built: {message[1]}")
@@ -158,12 +159,7 @@ class ProcessEngine(EngineClient):
         if not self._is_stopped:
             logger.error("the engine process exited (code %s)", self._proc.wait())
             self._is_stopped = True
-            if self._loop is not None:
-                error = EngineProcessError("the engine process exited")
-                try:
-                    self._loop.call_soon_threadsafe(self._fail_streams, error)
-                except RuntimeError:
-                    pass
+            self._on_loop(self._fail_streams, EngineProcessError("the engine process exited"))
 
     def shutdown(self, timeout: float = 30.0) -> None:
         was_stopped, self._is_stopped = self._is_stopped, True

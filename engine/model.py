@@ -86,25 +86,26 @@ class ShortConv(nn.Module):
         if state is None:
             state = x.new_zeros(x.shape[0], kernel - 1, x.shape[2])
         window = torch.cat([state.to(x.dtype), x], dim=1)  # [B, K-1+T, C]
-        taps = self.weight[:, 0].t().to(x.dtype).contiguous()  # [K, C]
-        y = window[:, :t] * taps[0]
-        for j in range(1, kernel):
-            y = torch.addcmul(y, window[:, j : j + t], taps[j])
-        return (F.silu(y) if self.activation == "silu" else y), window[:, t:]
+        y = self._taps([window[:, j : j + t] for j in range(kernel)])
+        return y, window[:, t:]
 
     def step_(self, x: Tensor, state: Tensor) -> Tensor:
         """One token per row, x: [B, 1, C]; state [B, K-1, C] shifted in place -> y [B, 1, C].
         The numbers of `forward`, without building the window: a decode step's temporary of
         a window per layer was its slowest op at 64 rows (fresh memory every step)."""
         kernel = self.weight.shape[-1]
-        taps = self.weight[:, 0].t().to(x.dtype)  # [K, C]
-        y = state[:, :1].to(x.dtype) * taps[0]
-        for j in range(1, kernel - 1):
-            y = torch.addcmul(y, state[:, j : j + 1].to(x.dtype), taps[j])
-        y = torch.addcmul(y, x, taps[kernel - 1])
+        y = self._taps([state[:, j : j + 1].to(x.dtype) for j in range(kernel - 1)] + [x])
         for j in range(kernel - 2):  # oldest input out, the new one in
             state[:, j].copy_(state[:, j + 1])
         state[:, -1:].copy_(x)
+        return y
+
+    def _taps(self, inputs: list[Tensor]) -> Tensor:
+        """The K inputs each tap sees, oldest first ([B, T, C] each) -> the activated sum."""
+        taps = self.weight[:, 0].t().to(inputs[0].dtype).contiguous()  # [K, C]
+        y = inputs[0] * taps[0]
+        for j in range(1, len(inputs)):
+            y = torch.addcmul(y, inputs[j], taps[j])
         return F.silu(y) if self.activation == "silu" else y
 
 
