@@ -51,6 +51,12 @@ RUN pip install . && pip check
 
 # ---- runtime: the virtualenv, the model, a non-root user -------------------------------------
 FROM base AS runtime
+# retserve's CPU kernels are compiled for the CPU the container runs on, at its first start
+# (~0.5 s, kept in ~/.cache): a C compiler; without one the engine runs oneDNN's, slower
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 retserve \
     && useradd --system --uid 10001 --gid retserve --create-home --home-dir /home/retserve \
         retserve \

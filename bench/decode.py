@@ -30,12 +30,14 @@ import torch
 
 from bench.common import DEFAULT_SHAPE, percentile, sync
 from bench.torchscale_side import side_by_side
+from engine import native_kernels
 from engine.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, load_model
 from engine.config import PRESETS
-from engine.cpu_linear import ROW_BLOCK, PackedLinear, can_pack
+from engine.cpu_linear import CPU_KERNELS
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model import RetNet
+from engine.onednn_linear import ROW_BLOCK, PackedLinear, can_pack
 from engine.sampling import SamplingParams
 from engine.sequence import Request
 from engine.state_pool import StatePool
@@ -53,8 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="weights (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--num-threads", type=int, default=None)
     p.add_argument("--no-cuda-graphs", action="store_true")
-    p.add_argument("--no-packed-linear", action="store_true",
-                   help="CPU: keep torch's dense linears (MKL sgemm), to compare")
+    p.add_argument("--cpu-kernels", choices=CPU_KERNELS, default="native",
+                   help="CPU: retserve's kernels, oneDNN's packed linears or torch's (MKL)")
     p.add_argument("--force", action="store_true", help="run 1.3b even on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--torchscale", action="store_true",
@@ -105,15 +107,20 @@ def copy_bandwidth(device: torch.device) -> float:
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     """FLOP/s of large matmuls in the weights' dtype, the best of a few: the practical compute
-    roof. On CPU also through oneDNN's packed weights (what the engine runs) when it packs."""
+    roof. On CPU also through oneDNN's packed weights and retserve's kernel (the engine's
+    linears), where they run: the best of every kernel."""
     n = 8192 if device.type == "cuda" else 1024
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    calls = [lambda: torch.mm(a, b)]
+    calls = [(lambda: torch.mm(a, b), n)]
     if can_pack(device, dtype):
         packed = PackedLinear(b)
-        calls.append(lambda: packed(a[:ROW_BLOCK]))
+        calls.append((lambda: packed(a[:ROW_BLOCK]), ROW_BLOCK))
+    kernels = native_kernels.load() if device.type == "cpu" else None
+    if kernels is not None and dtype in native_kernels.WEIGHT_DTYPES:
+        native, x = kernels.pack_weight(b), a[:ROW_BLOCK].float().contiguous()
+        calls.append((lambda: kernels.linear(x, native, n), ROW_BLOCK))
     best = 0.0
-    for call, rows in zip(calls, (n, ROW_BLOCK), strict=False):
+    for call, rows in calls:
         for _ in range(10):
             sync(device)
             start = time.perf_counter()
@@ -203,7 +210,7 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
     config = EngineConfig(max_num_seqs=max(concurrency), max_num_batched_tokens=max(
         2048, max(concurrency) * (PROMPT_LEN + 1) + 64), device=args.device, dtype=args.dtype,
         cuda_graphs=not args.no_cuda_graphs, num_threads=args.num_threads,
-        cpu_packed_linear=not args.no_packed_linear, compile_decode=args.compile)
+        cpu_kernels=args.cpu_kernels, compile_decode=args.compile)
     device = config.torch_device
     if name != "default" and device.type != "cuda" and not args.force:
         return {"skipped": "CPU: the 1.3b preset is for a GPU (use --force to run it anyway)"}
@@ -275,7 +282,8 @@ def bench_model(name: str, args, concurrency: list[int]) -> dict:
         "cuda_graphs": config.use_cuda_graphs,
         "compile_decode": config.compile_decode,
         "compile_seconds": engine.runner.compile_seconds,
-        # linears the engine runs as oneDNN prepacked (CPU), 0: torch's dense F.linear
+        # CPU: "native" (retserve's kernels), "onednn" (packed linears) or "torch"
+        "cpu_kernels": engine.cpu_kernels,
         "packed_linears": engine.packed_linears,
         "naive_one_at_a_time": naive,
         "concurrency": rows,

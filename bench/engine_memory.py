@@ -1,6 +1,6 @@
 """Resident memory of the engine over many chat turns: it must stay flat.
 
-`retserve bench engine_memory [--conversations 64] [--turns 40] [--no-packed-linear] ...`
+`retserve bench engine_memory [--conversations 64] [--turns 40] [--cpu-kernels KIND] ...`
 
 Every turn, each conversation feeds a user message of its own length (new tokens only) on top
 of its state from the turn before, carried as bytes as a store would, replies with up to
@@ -24,6 +24,7 @@ import torch
 
 from bench.common import bench_model, malloc_stats, rss_bytes
 from engine.async_engine import AsyncEngine
+from engine.cpu_linear import CPU_KERNELS
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling import SamplingParams
@@ -40,8 +41,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--min-message", type=int, default=8, help="new tokens per turn, at least")
     p.add_argument("--max-message", type=int, default=96, help="new tokens per turn, at most")
     p.add_argument("--num-threads", type=int, default=1)
-    p.add_argument("--no-packed-linear", action="store_true",
-                   help="CPU: torch's dense linears (MKL sgemm) instead of oneDNN's packed ones")
+    p.add_argument("--cpu-kernels", choices=CPU_KERNELS, default="native",
+                   help="CPU: retserve's kernels, oneDNN's packed linears or torch's (MKL)")
     p.add_argument("--async", dest="use_async", action="store_true",
                    help="through AsyncEngine, states (de)serialised on worker threads")
     p.add_argument("--seed", type=int, default=0)
@@ -104,7 +105,7 @@ def run(argv: list[str]) -> dict:
     model, source = bench_model()
     config = EngineConfig(device="cpu", max_num_seqs=args.conversations,
                           num_threads=args.num_threads,
-                          cpu_packed_linear=not args.no_packed_linear)
+                          cpu_kernels=args.cpu_kernels)
     engine = LLMEngine(model, config)
     rng = random.Random(args.seed)
     states: list[bytes | None] = [None] * args.conversations
@@ -135,6 +136,7 @@ def run(argv: list[str]) -> dict:
         "source": source,
         "torch": torch.__version__,
         "num_threads": torch.get_num_threads(),
+        "cpu_kernels": engine.cpu_kernels,
         "packed_linears": engine.packed_linears,
         # server/malloc_tuning.py, applied by the retserve command line at start-up
         "malloc_tuned": malloc_tuning.is_applied,

@@ -1,124 +1,66 @@
-"""oneDNN-prepacked linear layers for CPU inference.
+"""An inference copy of a model with CPU kernels swapped in: the linears (and the recurrent
+retention step) of retserve's own kernels ("native"), oneDNN's prepacked linears ("onednn"),
+or torch's as they are ("torch").
 
-torch's dense `F.linear` runs MKL sgemm, which on the AMD EPYC (AVX-512) machines we serve from
-takes about twice as long at decode batch sizes (a [64, 256] x [256, 1536] product: 284 us) as
-oneDNN with the weight reordered once into its blocked AVX-512 layout (129 us). Results differ
-from sgemm's by fp32 rounding only.
-
-Batch invariance: oneDNN's rows come out bitwise the same for every row count M >= 2, at any row
-offset, with 1 or 2 threads (checked for all of the served model's shapes, M up to 2048), but a
-single fp32 row takes another kernel with other rounding; `PackedLinear` therefore computes a
-lone fp32 row as two. With that, a row's numbers never depend on the rest of the batch, for any
-decode bucket sizes (MKL sgemm needs multiples of 4).
-
-Memory: oneDNN builds (JIT) and caches a primitive per input shape, ~0.5 MB each, up to 1,024 of
-them: fed every prompt length a chat brings, a server's memory grew by hundreds of MB. Rows are
-therefore run in blocks of at most `ROW_BLOCK`, each padded up to one of a few sizes
-(`row_bucket`): a linear sees at most 18 shapes whatever the traffic, and thanks to the batch
-invariance above the padding changes no number.
+"native" is the default: faster than oneDNN at every decode batch size (1.9x at one row, 1.2x
+at 64; engine/native_kernels.py) and batch invariant by construction. It needs a C compiler
+the first time on a machine; without one the copy falls back to "onednn".
 """
 
 from __future__ import annotations
 
 import copy
-import functools
+import logging
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-_DTYPES = (torch.float32, torch.bfloat16)
-ROW_BLOCK = 256  # full speed already (~220 GFLOP/s on one core for the served shapes)
+from engine import native_kernels
+from engine.native_decode import NativeDecoder
+from engine.native_linear import NativeLinear
+from engine.onednn_linear import PackedLinear, can_pack
 
-
-def row_bucket(num_rows: int) -> int:
-    """Rows a block of `num_rows` (1..ROW_BLOCK) is padded to: 2 (oneDNN's one-row kernel
-    rounds differently), powers of 2 to 16 (where time hardly depends on rows), then steps of
-    8, 16, 32: under 8 padding rows or a quarter, once the work grows with the rows."""
-    if num_rows <= 16:
-        return max(2, 1 << (num_rows - 1).bit_length())
-    step = 8 if num_rows <= 64 else 16 if num_rows <= 128 else 32
-    return -(-num_rows // step) * step
+log = logging.getLogger(__name__)
+CPU_KERNELS = ("native", "onednn", "torch")
 
 
-def _linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+def resolve_kernels(kind: str, device: torch.device | str, dtype: torch.dtype) -> str:
+    """The kernels a model of this device and dtype gets when `kind` is asked for."""
+    if kind not in CPU_KERNELS:
+        raise ValueError(f"cpu kernels must be one of {CPU_KERNELS}")
+    if torch.device(device).type != "cpu" or kind == "torch":
+        return "torch"
+    if kind == "native" and dtype in (torch.float32, torch.bfloat16) \
+            and native_kernels.load() is not None:
+        return "native"
+    return "onednn" if can_pack(device, dtype) else "torch"
 
 
-class PackedLinear(nn.Module):
-    """Inference-only stand-in for `nn.Linear` (CPU, fp32 or bf16): [..., in] -> [..., out].
-
-    The packed weight is a plain attribute, not a parameter or buffer: an opaque mkldnn tensor
-    cannot be saved, moved or trained, and must stay out of state_dict() and .to()."""
-
-    def __init__(self, weight: Tensor, bias: Tensor | None = None):
-        super().__init__()
-        self.out_features, self.in_features = weight.shape
-        self.dtype = weight.dtype
-        self.packed = weight.detach().contiguous().to_mkldnn()
-        self.bias = None if bias is None else bias.detach().clone()
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> PackedLinear:
-        return cls(linear.weight, linear.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        num_rows = x.numel() // self.in_features
-        flat = x.reshape(num_rows, self.in_features)
-        if num_rows <= ROW_BLOCK:
-            out = self._block(flat)
-        else:
-            out = torch.cat([self._block(flat[i : i + ROW_BLOCK])
-                             for i in range(0, num_rows, ROW_BLOCK)])
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-    def _block(self, x: Tensor) -> Tensor:  # x: [M <= ROW_BLOCK, in] -> [M, out]
-        num_rows = x.shape[0]
-        size = row_bucket(num_rows) if num_rows else 0
-        if size != num_rows:
-            x = torch.cat([x, x.new_zeros(size - num_rows, self.in_features)])
-        out = _linear(x, self.packed, self.bias)
-        return out if size == num_rows else out[:num_rows]
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, dtype={self.dtype}")
-
-
-@functools.cache
-def _op_works(dtype: torch.dtype) -> bool:
-    # the op is private and build dependent (and bf16 may be unsupported on the CPU): try it
-    try:
-        weight = torch.linspace(-1, 1, 8 * 16, dtype=dtype).reshape(8, 16)
-        x = torch.linspace(-1, 1, 3 * 16, dtype=dtype).reshape(3, 16)
-        out = PackedLinear(weight)(x)
-        return out.dtype == dtype and torch.allclose(out.float(), F.linear(x, weight).float(),
-                                                     atol=5e-2, rtol=5e-2)
-    except (RuntimeError, AttributeError, NotImplementedError):
-        return False
-
-
-def can_pack(device: torch.device | str, dtype: torch.dtype) -> bool:
-    """Whether `PackedLinear` runs for weights of this device and dtype."""
-    return (torch.device(device).type == "cpu" and dtype in _DTYPES
-            and torch.backends.mkldnn.is_available() and _op_works(dtype))
-
-
-def pack_linears(model: nn.Module) -> int:
-    """Replaces, in place, every `nn.Linear` of the model with a `PackedLinear`, and a tied
+def pack_linears(model: nn.Module, kind: str) -> int:
+    """Replaces, in place, every `nn.Linear` of the model with the kind's linear, and a tied
     output head (`lm_head` None: logits from the embedding matrix) with one built from
-    `embed_tokens.weight`. Returns the number of layers packed. The model is inference-only
-    afterwards; see `packed_copy` to leave the original untouched."""
+    `embed_tokens.weight`; "native" also runs the decode step through `NativeDecoder`. Returns the
+    number of linears replaced. The model is inference-only afterwards."""
+    if kind == "torch":
+        return 0
+    kernels = native_kernels.load() if kind == "native" else None
+
+    def make(weight, bias=None):
+        return PackedLinear(weight, bias) if kernels is None else \
+            NativeLinear(weight, kernels, bias)
+
     count = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(module, name, PackedLinear.from_linear(child))
+                setattr(module, name, make(child.weight, child.bias))
                 count += 1
     if getattr(model, "lm_head", False) is None and hasattr(model, "embed_tokens"):
         # the packed copy doubles the head's weight memory; the step reads it whole either way
-        model.lm_head = PackedLinear(model.embed_tokens.weight)
+        model.lm_head = make(model.embed_tokens.weight)
         count += 1
+    if kernels is not None and hasattr(model, "layers"):
+        model.decode_step = NativeDecoder(model, kernels)  # a layer's step in one call
     return count
 
 
@@ -131,8 +73,8 @@ def _module_tree_copy(module: nn.Module) -> nn.Module:
     return new
 
 
-def packed_copy(model: nn.Module) -> tuple[nn.Module, int]:
+def packed_copy(model: nn.Module, kind: str = "native") -> tuple[nn.Module, int]:
     """A copy of the model with its linears packed (`pack_linears`) that shares every other
     parameter with it; the given model is not changed (a caller may still train or save it)."""
     model = _module_tree_copy(model)
-    return model, pack_linears(model)
+    return model, pack_linears(model, kind)

@@ -19,14 +19,16 @@ class EngineConfig:
     dtype: str | None = None  # weights; None: bfloat16 on CUDA, float32 on CPU
     cuda_graphs: bool = True  # capture the decode step per bucket (CUDA only)
     # Decode batch sizes to pad to. None: 1, 2, 4, 8, then steps of 8 on CUDA; every size on CPU
-    # (no padding). With cpu_packed_linear (oneDNN) every size is batch invariant: a row's numbers
-    # do not depend on how many other rows the step has; without it (MKL sgemm) only multiples
-    # of 4 are.
+    # (no padding). With cpu_kernels "native" or "onednn" every size is batch invariant: a row's
+    # numbers do not depend on how many other rows the step has; with "torch" (MKL sgemm) only
+    # multiples of 4 are.
     decode_buckets: tuple[int, ...] | None = None
     gpu_memory_utilization: float = 0.9  # share of free device memory the pool may take
     # torch CPU threads of the thread that runs the steps (AsyncEngine's); None: torch's default
     num_threads: int | None = None
-    cpu_packed_linear: bool = True  # CPU: oneDNN prepacked linears, ~2x MKL sgemm at batch >= 8
+    # CPU linears and recurrent step: "native" (retserve's kernels, built on first use; "onednn"
+    # without a C compiler), "onednn" (prepacked linears), "torch" (MKL sgemm). engine/cpu_linear.py
+    cpu_kernels: str = "native"
     # torch.compile (inductor) of the decode step, one graph for every batch size (a row's
     # numbers must not depend on the batch), weights frozen (no packed copy): 10-40 s at
     # start-up. On the 2-core CPU it wins at 1 session (1.4 vs 2.4 ms per step) and loses at
@@ -52,6 +54,8 @@ class EngineConfig:
                              "(every running sequence decodes one token per step)")
         if self.stream_interval < 1:
             raise ValueError("stream_interval must be >= 1")
+        if self.cpu_kernels not in ("native", "onednn", "torch"):
+            raise ValueError('cpu_kernels must be "native", "onednn" or "torch"')
         if self.forced_tokens not in ("prefill", "decode"):
             raise ValueError('forced_tokens must be "prefill" or "decode"')
         if self.dtype is not None and self.dtype not in DTYPES:

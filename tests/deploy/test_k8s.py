@@ -76,7 +76,8 @@ def test_the_validator_refuses_an_unknown_field(built):
 
 def test_settings_are_ones_retserve_serve_accepts(built):
     env = settings_env(built)
-    settings = {k[len("RETSERVE_"):].lower(): v for k, v in env.items()}
+    settings = {k[len("RETSERVE_"):].lower(): v for k, v in env.items()
+                if k.startswith("RETSERVE_")}
     assert set(settings) <= set(Settings.model_fields), set(settings) - set(Settings.model_fields)
     Settings.model_validate(settings)
 

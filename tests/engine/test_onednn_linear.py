@@ -1,5 +1,6 @@
-"""oneDNN-prepacked linears (engine/cpu_linear.py): same model up to fp32 rounding, batch
-invariant rows, and an engine that packs gives the tokens of one that does not."""
+"""oneDNN-prepacked linears (engine/onednn_linear.py, cpu_kernels "onednn"): same model up to
+fp32 rounding, batch invariant rows, and an engine that packs gives the tokens of one that does
+not."""
 
 import random
 
@@ -10,15 +11,9 @@ from torch import nn
 
 from bench.common import malloc_stats
 from engine.config import ModelConfig
-from engine.cpu_linear import (
-    ROW_BLOCK,
-    PackedLinear,
-    can_pack,
-    pack_linears,
-    packed_copy,
-    row_bucket,
-)
+from engine.cpu_linear import pack_linears, packed_copy
 from engine.model import RetNet
+from engine.onednn_linear import ROW_BLOCK, PackedLinear, can_pack, row_bucket
 from engine.sampling import SamplingParams
 from engine.sequence import Request
 from tests.engine.conftest import TINY_ENGINE_MODEL
@@ -74,14 +69,14 @@ def test_pack_linears_counts_and_packs_the_tied_head():
     for tied in (False, True):
         config = ModelConfig(**TINY_ENGINE_MODEL, tie_embeddings=tied)
         model = RetNet(config).eval().requires_grad_(False)
-        assert pack_linears(model) == config.num_layers * LINEARS_PER_LAYER + 1
+        assert pack_linears(model, "onednn") == config.num_layers * LINEARS_PER_LAYER + 1
         assert not any(isinstance(m, nn.Linear) for m in model.modules())
         assert isinstance(model.lm_head, PackedLinear)
         assert model.lm_head.out_features == config.vocab_size
 
 
 def test_packed_copy_leaves_the_model_alone_and_shares_other_weights(tiny_model):
-    packed, count = packed_copy(tiny_model)
+    packed, count = packed_copy(tiny_model, "onednn")
     assert count == tiny_model.config.num_layers * LINEARS_PER_LAYER + 1
     assert isinstance(tiny_model.layers[0].attn.qkvg_proj, nn.Linear)
     assert isinstance(tiny_model.lm_head, nn.Linear)
@@ -96,7 +91,7 @@ def test_packed_model_logits_match_prefill_and_decode_step(tiny_model, tied):
         torch.manual_seed(1)
         model = RetNet(ModelConfig(**TINY_ENGINE_MODEL, tie_embeddings=True)).eval()
         model.requires_grad_(False)
-    packed, _ = packed_copy(model)
+    packed, _ = packed_copy(model, "onednn")
     ids = torch.tensor([prompt(0, 100), prompt(1, 100)])
     with torch.inference_mode():
         ref_logits, ref_state = model.prefill(ids)
@@ -110,7 +105,7 @@ def test_packed_model_logits_match_prefill_and_decode_step(tiny_model, tied):
 
 
 def test_engine_packs_a_copy_and_gives_the_tokens_of_an_unpacked_engine(make_engine, tiny_model):
-    packed, plain = make_engine(), make_engine(cpu_packed_linear=False)
+    packed, plain = make_engine(cpu_kernels="onednn"), make_engine(cpu_kernels="torch")
     assert packed.packed_linears == tiny_model.config.num_layers * LINEARS_PER_LAYER + 1
     assert plain.packed_linears == 0 and plain.model is tiny_model
     assert isinstance(tiny_model.lm_head, nn.Linear)  # the caller's model is not changed
@@ -122,11 +117,12 @@ def test_engine_packs_a_copy_and_gives_the_tokens_of_an_unpacked_engine(make_eng
         assert tokens(a[request.request_id]) == tokens(b[request.request_id])
 
 
-def test_packed_engine_is_batch_invariant_with_a_bucket_for_every_size(make_engine):
+@pytest.mark.parametrize("kernels", ["onednn", "native"])
+def test_packed_engine_is_batch_invariant_with_a_bucket_for_every_size(make_engine, kernels):
     """No padding (CPU default buckets 1, 2, 3, ...): a request's logits alone (batch of one)
     and among others (every batch size as they finish) are bitwise the same."""
-    engine = make_engine(decode_buckets=None)
-    assert engine.runner.buckets[:3] == (1, 2, 3)
+    engine = make_engine(decode_buckets=None, cpu_kernels=kernels)
+    assert engine.cpu_kernels == kernels and engine.runner.buckets[:3] == (1, 2, 3)
     logits_of = {}
     decode = engine.runner.decode
 
