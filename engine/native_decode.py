@@ -9,13 +9,9 @@ from torch import Tensor
 
 from engine import retention
 from engine.model import RetNet
-from engine.native_kernels import Layer, NativeKernels
+from engine.native_kernels import Layer, NativeKernels, data_ptr_or_none
 from engine.native_linear import NativeLinear
 from engine.rotary import rotation
-
-
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 class NativeDecoder:
@@ -56,8 +52,8 @@ class NativeDecoder:
             bf16=linears[0].packed.dtype == torch.bfloat16, norm_eps=block.attn_norm.eps,
             head_eps=c.resolved_head_norm_eps,
             attn_norm=self._f32(block.attn_norm.weight), ffn_norm=self._f32(block.ffn_norm.weight),
-            qkvg=_ptr(linears[0].packed), o_proj=_ptr(linears[1].packed),
-            gate_up=_ptr(linears[2].packed), down=_ptr(linears[3].packed),
+            qkvg=data_ptr_or_none(linears[0].packed), o_proj=data_ptr_or_none(linears[1].packed),
+            gate_up=data_ptr_or_none(linears[2].packed), down=data_ptr_or_none(linears[3].packed),
             conv_w=self._f32(conv_w), head_w=self._f32(head_w), head_b=self._f32(head_b))
 
     def _can_run(self, kv: Tensor, conv: Tensor | None) -> bool:

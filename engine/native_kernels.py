@@ -10,9 +10,8 @@ a row's numbers never depend on the batch.
 
 The library is compiled with the system's C compiler (`$CC`, else `cc`) for this CPU
 (`-march=native`) into `$XDG_CACHE_HOME/retserve/kernels` (`~/.cache` without it), keyed
-by the source, the flags, the compiler and the CPU, so a
-rebuild happens only when one of them changes (~0.3 s). Without a compiler `load()` returns
-None and the engine runs torch's kernels (oneDNN).
+by the source, the flags, the compiler and the CPU: rebuilt (~0.3 s) only when one of them
+changes. Without a compiler `load()` returns None and the engine runs oneDNN's kernels.
 """
 
 from __future__ import annotations
@@ -33,7 +32,9 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native") / "decode_kernels.c"
-FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC"]
+# -z defs: a symbol left undefined fails the build, not the load
+FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC",
+         "-Wl,-z,defs"]
 BLOCK = 64  # output columns of a packed weight block (BLOCK in the C source)
 LANES = 16  # floats per vector (LANES in the C source)
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
@@ -70,9 +71,13 @@ def _build(path: Path) -> None:
     # built beside the target and renamed: processes starting together never load half a file
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         out = Path(tmp) / path.name
-        subprocess.run([_compiler(), *FLAGS, "-o", str(out), str(SOURCE)], capture_output=True,
-                       text=True, timeout=120, check=True)
+        subprocess.run([_compiler(), *FLAGS, "-o", str(out), str(SOURCE), "-lm"],
+                       capture_output=True, text=True, timeout=120, check=True)
         os.replace(out, path)
+
+
+def data_ptr_or_none(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
 class Layer(ctypes.Structure):
@@ -132,9 +137,8 @@ class NativeKernels:
         """One layer's decode step on x [B, D] (updated in place, as are the states); every
         tensor fp32 and contiguous (`NativeDecoder` checks)."""
         self._layer(ctypes.byref(layer), x.data_ptr(), x.shape[0], state.data_ptr(),
-                    None if conv is None else conv.data_ptr(), rot.data_ptr(), decay.data_ptr(),
-                    None if inject is None else inject.data_ptr(), scratch.data_ptr(),
-                    torch.get_num_threads())
+                    data_ptr_or_none(conv), rot.data_ptr(), decay.data_ptr(),
+                    data_ptr_or_none(inject), scratch.data_ptr(), torch.get_num_threads())
 
 
 @functools.cache

@@ -3,6 +3,7 @@ engine, state store and the chat service that joins them."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from engine.engine_process import EngineLaunch, ProcessEngine
 from engine.llm_engine import LLMEngine
 from engine.tokenizer import Tokenizer
 from server.chat_service import ChatService, ServiceOptions
+from server.logs import configure_logging
 from server.malloc_tuning import tune_malloc
 from server.metrics import ServerMetrics
 from server.protocol.common import Limits
@@ -27,6 +29,13 @@ from state_store.responses import ResponseStore
 
 logger = logging.getLogger("retserve.runtime")
 STORE_DEGRADED_SECONDS = 30.0  # a store error this recent keeps /ready at "degraded"
+
+
+def engine_process_setup(log_format: str, log_level: str) -> None:
+    """The engine process's start-up: the server's malloc tuning and log lines (one format in
+    the server's output, JSON included)."""
+    tune_malloc()
+    configure_logging(log_format, log_level)
 
 
 @dataclass
@@ -59,7 +68,8 @@ class Runtime:
         if settings.engine_process:
             engine: EngineClient = ProcessEngine(EngineLaunch(
                 str(settings.model.resolve()), config, str(settings.model.resolve()),
-                setup=tune_malloc))
+                setup=functools.partial(engine_process_setup, settings.log_format,
+                                        settings.log_level)))
         else:
             engine = AsyncEngine(LLMEngine.from_checkpoint(settings.model, config, tokenizer))
         info = engine.info

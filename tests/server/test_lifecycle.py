@@ -45,7 +45,8 @@ def test_sigterm_drains_streams_saves_their_states_and_exits_0(start_server, red
                                                                namespace):
     server = start_server(store_url=redis_url, store_namespace=namespace, drain_timeout=60)
     sessions = [f"drain-{uuid.uuid4().hex}" for _ in range(3)]
-    body = dict(model=MODEL_NAME, temperature=0.0, max_tokens=150, ignore_eos=True,
+    # long enough to be mid-stream at SIGTERM + 0.3 s however fast the decode step is
+    body = dict(model=MODEL_NAME, temperature=0.0, max_tokens=3000, ignore_eos=True,
                 stream=True)
 
     async def run():

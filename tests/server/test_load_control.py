@@ -79,7 +79,7 @@ def test_a_stream_waiting_for_a_slot_gets_keepalive_comments(start_server):
     async def run():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             hog = asyncio.create_task(client.post("/v1/chat/completions", json={
-                **LONG, "max_tokens": 300, "messages": [user("Talk for a while.")]}))
+                **LONG, "max_tokens": 4000, "messages": [user("Talk for a while.")]}))
             await asyncio.sleep(0.5)  # the hog holds the only slot
             lines = []
             async with client.stream("POST", "/v1/chat/completions", json={
