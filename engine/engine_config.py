@@ -27,12 +27,12 @@ class EngineConfig:
     # torch CPU threads of the thread that runs the steps (AsyncEngine's); None: torch's default
     num_threads: int | None = None
     # CPU linears and recurrent step: "native" (retserve's kernels, built on first use; "onednn"
-    # without a C compiler), "onednn" (prepacked linears), "torch" (MKL sgemm). engine/cpu_linear.py
+    # without a C compiler), "onednn" (prepacked linears), "torch" (MKL sgemm); engine/cpu_linear.py
     cpu_kernels: str = "native"
-    # torch.compile (inductor) of the decode step, one graph for every batch size (a row's
-    # numbers must not depend on the batch), weights frozen (no packed copy): 10-40 s at
-    # start-up. On the 2-core CPU it wins at 1 session (1.4 vs 2.4 ms per step) and loses at
-    # 64 (24 vs 8 ms; `retserve bench decode --compile`): off.
+    # torch.compile (inductor) of the decode step with torch's kernels (cpu_kernels ignored),
+    # one graph for every batch size, weights frozen: ~50 s at start-up. Slower than the
+    # native kernels (1.16 vs 0.43 ms per step at 1 session, 13.0 vs 4.7 at 64 on the 2-core
+    # AMD EPYC; `retserve bench decode --compile`): off.
     compile_decode: bool = False
     max_logprobs: int = 20
     # How tokens a grammar forces (engine/constraints.py) reach the state: "prefill" feeds them
