@@ -14,7 +14,7 @@ export class Transcript {
   divider(text) {
     const item = element("li", "divider", text);
     this.list.append(item);
-    item.scrollIntoView({ block: "nearest" });
+    reveal(item);
   }
 
   // A new turn; returns its view, whose reply grows with show() and closes with one of
@@ -30,7 +30,7 @@ export class Transcript {
     reply.append(element("span", "role", model), text, stats);
     item.append(user, reply);
     this.list.append(item);
-    item.scrollIntoView({ block: "nearest" });
+    reveal(item);
     return new TurnView(item, reply, text, stats);
   }
 }
@@ -42,7 +42,7 @@ class TurnView {
 
   show(text) {
     this.text.replaceChildren(renderText(text));
-    this.item.scrollIntoView({ block: "nearest" });
+    reveal(this.item);
   }
 
   finish(result) {
@@ -81,4 +81,11 @@ function element(tag, className, text) {
   node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
+}
+
+// The newest text in sight by scrolling the transcript alone: the page (and the Stop button
+// under the transcript) stays where it is however fast a reply streams.
+function reveal(item) {
+  const list = item.parentElement;
+  if (list) list.scrollTop = list.scrollHeight;
 }

@@ -52,8 +52,10 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """One server for a module, on the embedded store `retserve serve` uses by default."""
-    process = ServerProcess(tmp_path_factory.mktemp("playground")).start()
+    """One server for a module, on the embedded store `retserve serve` uses by default; replies
+    may run to LONG_REPLY tokens, so that one is still streaming when a test stops it."""
+    process = ServerProcess(tmp_path_factory.mktemp("playground"),
+                            max_output_tokens=LONG_REPLY).start()
     yield process
     process.kill()
 
@@ -110,6 +112,9 @@ def requests_running(server: ServerProcess) -> float:
         if line.startswith("retserve_num_requests_running{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError("no retserve_num_requests_running in /metrics")
+
+
+LONG_REPLY = 200_000  # tokens: minutes at any decode speed
 
 
 def with_fields(**fields):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.playground.conftest import artifact, requests_running, with_fields
+from tests.playground.conftest import LONG_REPLY, artifact, requests_running, with_fields
 from tests.playground.playground_page import Playground
 from training.chat_data import ACKS
 
@@ -72,10 +72,10 @@ def test_a_message_sent_as_soon_as_a_reply_ends_is_not_dropped(playground):
 
 def test_stop_ends_the_stream_frees_the_slot_and_the_next_turn_goes_on(playground, server):
     playground.ask("My name is Ingrid.")
-    # a reply that would run to 4,000 tokens: the end-of-turn token ignored, asked by the
-    # request the page sends (the page has no such setting)
+    # a reply that would run for minutes: the end-of-turn token ignored, asked by the request
+    # the page sends (the page has no such setting)
     playground.page.route("**/v1/chat/completions", with_fields(ignore_eos=True))
-    playground.set("Max tokens", "4000")
+    playground.set("Max tokens", str(LONG_REPLY))
     long = playground.type_and_send("Tell me a long story.")
     expect(long.locator(".assistant .text")).not_to_be_empty()
     assert requests_running(server) == 1
@@ -145,7 +145,7 @@ def test_keyboard_alone_sends_breaks_lines_and_stops(playground, server):
     expect(playground.prompt).to_have_value("")
     expect(playground.prompt).to_be_focused()  # ready for the next message
 
-    page.route("**/v1/chat/completions", with_fields(ignore_eos=True, max_tokens=4000))
+    page.route("**/v1/chat/completions", with_fields(ignore_eos=True, max_tokens=LONG_REPLY))
     page.keyboard.type("Tell me a long story.")
     page.keyboard.press("Enter")
     running = playground.turns.nth(1)
