@@ -31,7 +31,7 @@ class EngineConfig:
     cpu_kernels: str = "native"
     # torch.compile (inductor) of the decode step with torch's kernels (cpu_kernels ignored),
     # one graph for every batch size, weights frozen: ~50 s at start-up. Slower than the
-    # native kernels (1.16 vs 0.43 ms per step at 1 session, 13.0 vs 4.7 at 64 on the 2-core
+    # native kernels (1.16 vs 0.47 ms per step at 1 session, 13.0 vs 4.1 at 64 on the 2-core
     # AMD EPYC; `retserve bench decode --compile`): off.
     compile_decode: bool = False
     max_logprobs: int = 20

@@ -30,7 +30,7 @@ VARIANTS = {
     "group_norm_gelu": dict(head_norm="group", ffn_activation="gelu", head_norm_eps=1e-5),
     "tied_embed_norm": dict(tie_embeddings=True, embed_norm=True, scale_embedding=True),
     "odd_dims": dict(hidden_size=40, num_heads=2, qk_dim=36, v_dim=40, ffn_dim=72,
-                     short_conv=2),
+                     short_conv=2, ffn_activation="gelu"),
 }
 
 
