@@ -33,8 +33,7 @@ from bench.torchscale_side import side_by_side
 from engine import native_kernels
 from engine.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, load_model
 from engine.config import PRESETS
-from engine.cpu_linear import CPU_KERNELS
-from engine.engine_config import EngineConfig
+from engine.engine_config import CPU_KERNELS, EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model import RetNet
 from engine.onednn_linear import ROW_BLOCK, PackedLinear, can_pack

@@ -24,8 +24,7 @@ import torch
 
 from bench.common import bench_model, malloc_stats, rss_bytes
 from engine.async_engine import AsyncEngine
-from engine.cpu_linear import CPU_KERNELS
-from engine.engine_config import EngineConfig
+from engine.engine_config import CPU_KERNELS, EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling import SamplingParams
 from engine.sequence import Request

@@ -1,6 +1,5 @@
-"""An inference copy of a model with CPU kernels swapped in: the linears (and the recurrent
-retention step) of retserve's own kernels ("native"), oneDNN's prepacked linears ("onednn"),
-or torch's as they are ("torch").
+"""An inference copy of a model with CPU kernels swapped in: retserve's own linears and decode
+step ("native"), oneDNN's prepacked linears ("onednn"), or torch's as they are ("torch").
 
 "native" is the default: faster than oneDNN at every decode batch size (1.9x at one row, 1.2x
 at 64; engine/native_kernels.py) and batch invariant by construction. It needs a C compiler
@@ -10,18 +9,15 @@ the first time on a machine; without one the copy falls back to "onednn".
 from __future__ import annotations
 
 import copy
-import logging
 
 import torch
 from torch import nn
 
 from engine import native_kernels
+from engine.engine_config import CPU_KERNELS
 from engine.native_decode import NativeDecoder
 from engine.native_linear import NativeLinear
 from engine.onednn_linear import PackedLinear, can_pack
-
-log = logging.getLogger(__name__)
-CPU_KERNELS = ("native", "onednn", "torch")
 
 
 def resolve_kernels(kind: str, device: torch.device | str, dtype: torch.dtype) -> str:
@@ -30,7 +26,7 @@ def resolve_kernels(kind: str, device: torch.device | str, dtype: torch.dtype) -
         raise ValueError(f"cpu kernels must be one of {CPU_KERNELS}")
     if torch.device(device).type != "cpu" or kind == "torch":
         return "torch"
-    if kind == "native" and dtype in (torch.float32, torch.bfloat16) \
+    if kind == "native" and dtype in native_kernels.WEIGHT_DTYPES \
             and native_kernels.load() is not None:
         return "native"
     return "onednn" if can_pack(device, dtype) else "torch"

@@ -8,6 +8,8 @@ import torch
 
 from engine.dtypes import DTYPES
 
+CPU_KERNELS = ("native", "onednn", "torch")  # engine/cpu_linear.py
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -54,8 +56,8 @@ class EngineConfig:
                              "(every running sequence decodes one token per step)")
         if self.stream_interval < 1:
             raise ValueError("stream_interval must be >= 1")
-        if self.cpu_kernels not in ("native", "onednn", "torch"):
-            raise ValueError('cpu_kernels must be "native", "onednn" or "torch"')
+        if self.cpu_kernels not in CPU_KERNELS:
+            raise ValueError(f"cpu_kernels must be one of {CPU_KERNELS}")
         if self.forced_tokens not in ("prefill", "decode"):
             raise ValueError('forced_tokens must be "prefill" or "decode"')
         if self.dtype is not None and self.dtype not in DTYPES:

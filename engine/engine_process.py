@@ -45,8 +45,8 @@ class EngineLaunch:
     model_dir: str
     config: EngineConfig
     tokenizer_dir: str | None = None
-    # process-wide start-up before torch starts a thread (the server's malloc tuning); a
-    # module-level function, pickled by name
+    # process-wide start-up before torch starts a thread (the server's malloc tuning and log
+    # format); a module-level function (or a partial of one), pickled by name
     setup: Callable[[], object] | None = None
 
 

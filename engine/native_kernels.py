@@ -36,7 +36,6 @@ SOURCE = Path(__file__).with_name("native") / "decode_kernels.c"
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC",
          "-Wl,-z,defs"]
 BLOCK = 64  # output columns of a packed weight block (BLOCK in the C source)
-LANES = 16  # floats per vector (LANES in the C source)
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
 
 

@@ -146,11 +146,12 @@ static inline vf vexp(vf x) {
 }
 
 static inline vf vsilu(vf x) { return x / (1.0f + vexp(-x)); }
+static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
 static void silu_inplace(float *x, int64_t n) {
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES) store(x + i, vsilu(load(x + i)));
-    for (; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
+    for (; i < n; i++) x[i] = silu(x[i]);
 }
 
 static inline float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
@@ -167,7 +168,7 @@ static inline vf vgelu(vf x) {
     return 0.5f * x * (1.0f + vselect(negative, -erf, erf));
 }
 
-/* out = act(gate) * up over n values; act: gelu or SiLU */
+/* out = act(gate) * up over n values (out may be up); act: gelu or SiLU */
 static void glu(const float *gate, const float *up, float *out, int64_t n, int use_gelu) {
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES) {
@@ -175,7 +176,7 @@ static void glu(const float *gate, const float *up, float *out, int64_t n, int u
         store(out + i, (use_gelu ? vgelu(g) : vsilu(g)) * load(up + i));
     }
     for (; i < n; i++)
-        out[i] = (use_gelu ? gelu(gate[i]) : gate[i] / (1.0f + expf(-gate[i]))) * up[i];
+        out[i] = (use_gelu ? gelu(gate[i]) : silu(gate[i])) * up[i];
 }
 
 /* y = x / rms(x) * w over dim (w NULL: no weight) */
@@ -327,9 +328,7 @@ void retserve_decode_layer(const Layer *L, float *x, int64_t B, float *state,
                            pb + qk + hh * dk, pb + 2 * qk + hh * dv, decay[b * H + hh],
                            inject ? inject[b * H + hh] : 1.0f, ob + hh * dv, dk, dv);
         head_norm(L, ob);
-        float *g = pb + C;
-        silu_inplace(g, v);
-        for (int j = 0; j < v; j++) ob[j] *= g[j];
+        glu(pb + C, ob, ob, v, 0); /* swish(g) * norm(o) */
     }
     linear(o, L->o_proj, L->bf16, h, B, v, D, threads);
     for (int64_t i = 0; i < B * D; i++) x[i] += h[i];
